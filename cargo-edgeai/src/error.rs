@@ -1,0 +1,139 @@
+//! The one error type of the library. Every variant names the file it is about (when there is
+//! one) and carries a help line that tells the user what to do next.
+
+use std::path::PathBuf;
+
+/// Library result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in cargo-edgeai, with the user's fix as miette help text.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum Error {
+    /// A TOML file (target manifest, decision matrix, Cargo.toml) that does not parse or does
+    /// not match its schema. `line`/`column` are 1-based.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    #[diagnostic(code(edgeai::toml), help("{help}"))]
+    Toml {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+        help: String,
+    },
+
+    /// A manifest that parses but says something impossible (budget above total memory, ...).
+    #[error("{}: {message}", path.display())]
+    #[diagnostic(code(edgeai::manifest), help("{help}"))]
+    InvalidManifest {
+        path: PathBuf,
+        message: String,
+        help: String,
+    },
+
+    /// A model file or directory that cannot be read as a model.
+    #[error("{}: {message}", path.display())]
+    #[diagnostic(code(edgeai::model), help("{help}"))]
+    InvalidModel {
+        path: PathBuf,
+        message: String,
+        help: String,
+    },
+
+    /// A target name that is neither built in nor in the project's targets-dir.
+    #[error("unknown target `{name}`")]
+    #[diagnostic(code(edgeai::unknown_target), help("known targets: {known}. Run `cargo edgeai targets` to list them, or add targets/{name}.toml to the directory named by [package.metadata.edgeai] targets-dir"))]
+    UnknownTarget { name: String, known: String },
+
+    /// No candidate of any matching rule fits the target's memory budget.
+    #[error("{message}")]
+    #[diagnostic(code(edgeai::does_not_fit), help("{help}"))]
+    DoesNotFit { message: String, help: String },
+
+    /// The user's request cannot be satisfied (bad flag combination, missing model, ...).
+    #[error("{message}")]
+    #[diagnostic(code(edgeai::usage), help("{help}"))]
+    Usage { message: String, help: String },
+
+    /// An I/O error on a named file.
+    #[error("{}: {source}", path.display())]
+    #[diagnostic(code(edgeai::io), help("{help}"))]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+        help: String,
+    },
+
+    /// A bug or an environment failure that the user cannot fix by changing their input.
+    #[error("internal error: {0}")]
+    #[diagnostic(
+        code(edgeai::internal),
+        help("this is a bug in cargo-edgeai; please report it with the command you ran")
+    )]
+    Internal(String),
+}
+
+impl Error {
+    /// The process exit code for this error: 1 for anything the user can fix, 2 for internal errors.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Internal(_) => 2,
+            _ => 1,
+        }
+    }
+
+    /// An I/O error on `path` with a generic help line.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let help = match source.kind() {
+            std::io::ErrorKind::NotFound => "check the path; it does not exist".to_string(),
+            std::io::ErrorKind::PermissionDenied => {
+                "check the file's permissions for the current user".to_string()
+            }
+            _ => "check that the file is readable and the disk is healthy".to_string(),
+        };
+        Error::Io {
+            path: path.into(),
+            source,
+            help,
+        }
+    }
+
+    /// A model that cannot be read, with the fix.
+    pub fn model(
+        path: impl Into<PathBuf>,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) -> Self {
+        Error::InvalidModel {
+            path: path.into(),
+            message: message.into(),
+            help: help.into(),
+        }
+    }
+}
+
+/// 1-based line and column of byte offset `offset` in `text`.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_column;
+
+    #[test]
+    fn line_column_is_one_based() {
+        let text = "a = 1\nbb = 2\n";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 6), (2, 1));
+        assert_eq!(line_column(text, 8), (2, 3));
+    }
+}

@@ -1,0 +1,20 @@
+//! cargo-edgeai: plan, convert, quantize, validate and bundle AI models for edge devices.
+//!
+//! The `cargo-edgeai` binary is a thin layer over this library: each command parses its
+//! arguments and calls one `do_*` function here. See ARCHITECTURE.md for the map of modules.
+
+pub mod doctor;
+pub mod error;
+pub mod facts;
+pub mod gguf;
+pub mod init;
+pub mod manifest;
+pub mod matrix;
+pub mod onnx;
+pub mod plan;
+pub mod project;
+pub mod quant;
+pub mod report;
+pub mod safetensors;
+
+pub use error::{Error, Result};

@@ -1,0 +1,171 @@
+//! The user's Cargo project: `[package.metadata.edgeai]` of the package being built.
+//!
+//! cargo_metadata finds the package and its manifest; the table itself is read from the manifest
+//! text with spans, so a mistake in it is reported with file:line:column like a target manifest.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::manifest::toml_error;
+use crate::{Error, Result};
+
+/// `[package.metadata.edgeai]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EdgeaiMetadata {
+    /// The model: a path relative to the package, or `hf://org/name[@revision]`.
+    pub model: Option<String>,
+    /// Targets `cargo edgeai build` builds for.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// Directory of extra or overriding target manifests, relative to the package.
+    pub targets_dir: Option<PathBuf>,
+    /// Production gates (read by `validate`).
+    #[serde(default)]
+    pub gates: Option<toml::Table>,
+}
+
+/// The package the command runs for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Project {
+    pub name: String,
+    pub version: String,
+    /// Path of the package's Cargo.toml.
+    pub manifest_path: PathBuf,
+    pub metadata: EdgeaiMetadata,
+}
+
+impl Project {
+    /// Directory of the package.
+    pub fn dir(&self) -> &Path {
+        self.manifest_path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// The model reference, with a relative path resolved against the package directory.
+    pub fn model_ref(&self) -> Option<String> {
+        let model = self.metadata.model.as_ref()?;
+        if model.contains("://") || Path::new(model).is_absolute() {
+            Some(model.clone())
+        } else {
+            Some(self.dir().join(model).display().to_string())
+        }
+    }
+
+    /// The targets directory, resolved against the package directory.
+    pub fn targets_dir(&self) -> Option<PathBuf> {
+        self.metadata
+            .targets_dir
+            .as_ref()
+            .map(|d| self.dir().join(d))
+    }
+}
+
+/// Find the Cargo.toml for `manifest_path` or the nearest one above the current directory.
+pub fn find_manifest(manifest_path: Option<&Path>) -> Result<Option<PathBuf>> {
+    if let Some(path) = manifest_path {
+        if !path.is_file() {
+            return Err(Error::Usage {
+                message: format!("--manifest-path {} does not exist", path.display()),
+                help: "pass the path of a Cargo.toml".into(),
+            });
+        }
+        return Ok(Some(path.to_path_buf()));
+    }
+    let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
+    Ok(cwd
+        .ancestors()
+        .map(|dir| dir.join("Cargo.toml"))
+        .find(|p| p.is_file()))
+}
+
+/// Load the package at `manifest_path` (or the one around the current directory), if any.
+pub fn load_project(manifest_path: Option<&Path>) -> Result<Option<Project>> {
+    let Some(manifest) = find_manifest(manifest_path)? else {
+        return Ok(None);
+    };
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .manifest_path(&manifest)
+        .no_deps()
+        .exec()
+        .map_err(|e| Error::InvalidManifest {
+            path: manifest.clone(),
+            message: format!("cargo metadata failed: {e}"),
+            help: "fix the Cargo.toml so that `cargo metadata` accepts it".into(),
+        })?;
+    let manifest_canon = std::fs::canonicalize(&manifest).unwrap_or(manifest.clone());
+    let package = metadata
+        .packages
+        .iter()
+        .find(|p| {
+            std::fs::canonicalize(p.manifest_path.as_std_path()).ok() == Some(manifest_canon.clone())
+        })
+        .or_else(|| metadata.root_package())
+        .or_else(|| {
+            let with_edgeai: Vec<_> = metadata
+                .workspace_packages()
+                .into_iter()
+                .filter(|p| p.metadata.get("edgeai").is_some())
+                .collect();
+            (with_edgeai.len() == 1).then(|| with_edgeai[0])
+        });
+    let Some(package) = package else {
+        return Ok(None);
+    };
+    let path = package.manifest_path.as_std_path().to_path_buf();
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let metadata = parse_edgeai_table(&path, &text)?;
+    Ok(Some(Project {
+        name: package.name.to_string(),
+        version: package.version.to_string(),
+        manifest_path: path,
+        metadata,
+    }))
+}
+
+#[derive(Deserialize)]
+struct ManifestShape {
+    package: Option<PackageShape>,
+}
+
+#[derive(Deserialize)]
+struct PackageShape {
+    metadata: Option<MetadataShape>,
+}
+
+#[derive(Deserialize)]
+struct MetadataShape {
+    edgeai: Option<EdgeaiMetadata>,
+}
+
+/// Parse `[package.metadata.edgeai]` out of a Cargo.toml's text.
+pub fn parse_edgeai_table(path: &Path, text: &str) -> Result<EdgeaiMetadata> {
+    let shape: ManifestShape = toml::from_str(text).map_err(|e| {
+        let mut err = toml_error(path, text, &e);
+        if let Error::Toml { help, .. } = &mut err {
+            *help = "[package.metadata.edgeai] takes model, targets, targets-dir and [gates]; run `cargo edgeai init` in a fresh project to see a commented example".into();
+        }
+        err
+    })?;
+    Ok(shape
+        .package
+        .and_then(|p| p.metadata)
+        .and_then(|m| m.edgeai)
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_table_and_locates_mistakes() {
+        let ok = "[package]\nname = \"a\"\n[package.metadata.edgeai]\nmodel = \"m.gguf\"\ntargets = [\"host-x86_64\"]\ntargets-dir = \"t\"\n";
+        let meta = parse_edgeai_table(Path::new("Cargo.toml"), ok).unwrap();
+        assert_eq!(meta.model.as_deref(), Some("m.gguf"));
+        assert_eq!(meta.targets_dir.as_deref(), Some(Path::new("t")));
+        let bad = "[package]\nname = \"a\"\n[package.metadata.edgeai]\nmodle = \"m.gguf\"\n";
+        let err = parse_edgeai_table(Path::new("Cargo.toml"), bad).unwrap_err();
+        assert!(err.to_string().starts_with("Cargo.toml:4:1:"), "{err}");
+    }
+}
