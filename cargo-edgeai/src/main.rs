@@ -159,6 +159,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
         }
     };
+    // Long messages stay on one line: they name files and byte counts that scripts grep for.
+    let _ = miette::set_hook(Box::new(|_| {
+        Box::new(miette::MietteHandlerOpts::new().wrap_lines(false).build())
+    }));
     let outcome = std::panic::catch_unwind(|| run(&cli));
     match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,

