@@ -16,11 +16,19 @@ fn main() {
     let mut code = String::from("/// (file name, contents) of every embedded `targets/*.toml`.\npub static EMBEDDED: &[(&str, &str)] = &[\n");
     for path in entries {
         println!("cargo:rerun-if-changed={}", path.display());
-        let file = path.file_name().expect("file").to_string_lossy().into_owned();
+        let file = path
+            .file_name()
+            .expect("file")
+            .to_string_lossy()
+            .into_owned();
         let abs = fs::canonicalize(&path).expect("canonical path");
-        code.push_str(&format!("    ({file:?}, include_str!({:?})),\n", abs.display().to_string()));
+        code.push_str(&format!(
+            "    ({file:?}, include_str!({:?})),\n",
+            abs.display().to_string()
+        ));
     }
     code.push_str("];\n");
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("embedded_targets.rs");
+    let out =
+        PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("embedded_targets.rs");
     fs::write(out, code).expect("write embedded_targets.rs");
 }

@@ -117,23 +117,108 @@ struct Probe {
 }
 
 const PROBES: &[Probe] = &[
-    Probe { name: "cargo", program: "cargo", args: &["--version"], note: "builds the app" },
-    Probe { name: "rustup", program: "rustup", args: &["--version"], note: "adds Rust targets for cross builds" },
-    Probe { name: "cc", program: "cc", args: &["--version"], note: "C compiler for native kernels" },
-    Probe { name: "cmake", program: "cmake", args: &["--version"], note: "builds llama.cpp (apt install cmake)" },
-    Probe { name: "ninja", program: "ninja", args: &["--version"], note: "fast llama.cpp builds (apt install ninja-build)" },
-    Probe { name: "aarch64-linux-gnu-gcc", program: "aarch64-linux-gnu-gcc", args: &["--version"], note: "linker for aarch64 Linux targets (apt install gcc-aarch64-linux-gnu)" },
-    Probe { name: "qemu-aarch64", program: "qemu-aarch64", args: &["--version"], note: "runs aarch64 binaries here (apt install qemu-user)" },
-    Probe { name: "llama-quantize", program: "llama-quantize", args: &["--help"], note: "llama.cpp reference quantizer" },
-    Probe { name: "llama-perplexity", program: "llama-perplexity", args: &["--version"], note: "llama.cpp validation runtime" },
-    Probe { name: "python3", program: "python3", args: &["--version"], note: "runs the managed toolchains (OpenVINO, ONNX Runtime, Olive, QNN, mlx-lm)" },
-    Probe { name: "uv", program: "uv", args: &["--version"], note: "creates managed Python environments fast (pip install uv)" },
-    Probe { name: "nvcc", program: "nvcc", args: &["--version"], note: "CUDA kernels (PyPI nvidia-cuda-nvcc)" },
-    Probe { name: "glslc", program: "glslc", args: &["--version"], note: "Vulkan shaders (apt install glslc)" },
-    Probe { name: "spirv-val", program: "spirv-val", args: &["--version"], note: "validates SPIR-V (apt install spirv-tools)" },
-    Probe { name: "spirv-cross", program: "spirv-cross", args: &["--help"], note: "SPIR-V to MSL for Metal checks off macOS (apt install spirv-cross)" },
-    Probe { name: "xcrun metal", program: "xcrun", args: &["-f", "metal"], note: "Metal shader compiler: macOS with Xcode only; Metal steps cannot run on Linux" },
-    Probe { name: "minisign", program: "minisign", args: &["-v"], note: "optional: verifies bundle signatures (cargo edgeai verify does the same)" },
+    Probe {
+        name: "cargo",
+        program: "cargo",
+        args: &["--version"],
+        note: "builds the app",
+    },
+    Probe {
+        name: "rustup",
+        program: "rustup",
+        args: &["--version"],
+        note: "adds Rust targets for cross builds",
+    },
+    Probe {
+        name: "cc",
+        program: "cc",
+        args: &["--version"],
+        note: "C compiler for native kernels",
+    },
+    Probe {
+        name: "cmake",
+        program: "cmake",
+        args: &["--version"],
+        note: "builds llama.cpp (apt install cmake)",
+    },
+    Probe {
+        name: "ninja",
+        program: "ninja",
+        args: &["--version"],
+        note: "fast llama.cpp builds (apt install ninja-build)",
+    },
+    Probe {
+        name: "aarch64-linux-gnu-gcc",
+        program: "aarch64-linux-gnu-gcc",
+        args: &["--version"],
+        note: "linker for aarch64 Linux targets (apt install gcc-aarch64-linux-gnu)",
+    },
+    Probe {
+        name: "qemu-aarch64",
+        program: "qemu-aarch64",
+        args: &["--version"],
+        note: "runs aarch64 binaries here (apt install qemu-user)",
+    },
+    Probe {
+        name: "llama-quantize",
+        program: "llama-quantize",
+        args: &["--help"],
+        note: "llama.cpp reference quantizer",
+    },
+    Probe {
+        name: "llama-perplexity",
+        program: "llama-perplexity",
+        args: &["--version"],
+        note: "llama.cpp validation runtime",
+    },
+    Probe {
+        name: "python3",
+        program: "python3",
+        args: &["--version"],
+        note: "runs the managed toolchains (OpenVINO, ONNX Runtime, Olive, QNN, mlx-lm)",
+    },
+    Probe {
+        name: "uv",
+        program: "uv",
+        args: &["--version"],
+        note: "creates managed Python environments fast (pip install uv)",
+    },
+    Probe {
+        name: "nvcc",
+        program: "nvcc",
+        args: &["--version"],
+        note: "CUDA kernels (PyPI nvidia-cuda-nvcc)",
+    },
+    Probe {
+        name: "glslc",
+        program: "glslc",
+        args: &["--version"],
+        note: "Vulkan shaders (apt install glslc)",
+    },
+    Probe {
+        name: "spirv-val",
+        program: "spirv-val",
+        args: &["--version"],
+        note: "validates SPIR-V (apt install spirv-tools)",
+    },
+    Probe {
+        name: "spirv-cross",
+        program: "spirv-cross",
+        args: &["--help"],
+        note: "SPIR-V to MSL for Metal checks off macOS (apt install spirv-cross)",
+    },
+    Probe {
+        name: "xcrun metal",
+        program: "xcrun",
+        args: &["-f", "metal"],
+        note: "Metal shader compiler: macOS with Xcode only; Metal steps cannot run on Linux",
+    },
+    Probe {
+        name: "minisign",
+        program: "minisign",
+        args: &["-v"],
+        note: "optional: verifies bundle signatures (cargo edgeai verify does the same)",
+    },
 ];
 
 /// Probe the machine.
@@ -191,7 +276,11 @@ pub fn managed_toolchains() -> Vec<String> {
 
 /// What each step of a plan needs, as names of tools or managed toolchains (`toolchain:NAME`)
 /// or rustup targets (`rustup-target:TRIPLE`).
-pub fn step_requirements(target: &Target, framework: Framework, kernel_backend: &str) -> Vec<(&'static str, Vec<String>)> {
+pub fn step_requirements(
+    target: &Target,
+    framework: Framework,
+    kernel_backend: &str,
+) -> Vec<(&'static str, Vec<String>)> {
     let toolchain = |name: &str| format!("toolchain:{name}");
     let quantize = match framework {
         Framework::LlamaCpp | Framework::Mlx => vec![],
@@ -263,7 +352,8 @@ pub fn do_doctor(targets: &TargetSet, matrix: &Matrix) -> DoctorReport {
         let steps = step_requirements(target, rule.framework, &rule.kernel_backend)
             .into_iter()
             .map(|(step, needs)| {
-                let missing: Vec<String> = needs.into_iter().filter(|n| !have.contains(n)).collect();
+                let missing: Vec<String> =
+                    needs.into_iter().filter(|n| !have.contains(n)).collect();
                 StepReadiness {
                     step: step.to_string(),
                     ready: missing.is_empty(),
@@ -292,20 +382,38 @@ pub fn render_human(report: &DoctorReport) -> String {
     for t in &report.tools {
         let mark = if t.found { "ok " } else { "-- " };
         let detail = t.version.clone().unwrap_or_else(|| "not found".into());
-        out.push_str(&format!("  {mark}{:<22} {:<45} {}\n", t.name, truncate(&detail, 45), t.note));
+        out.push_str(&format!(
+            "  {mark}{:<22} {:<45} {}\n",
+            t.name,
+            truncate(&detail, 45),
+            t.note
+        ));
     }
     out.push_str(&format!(
         "\nRust targets installed: {}\n",
-        if report.rustup_targets.is_empty() { "none".into() } else { report.rustup_targets.join(", ") }
+        if report.rustup_targets.is_empty() {
+            "none".into()
+        } else {
+            report.rustup_targets.join(", ")
+        }
     ));
     out.push_str(&format!(
         "Managed toolchains ({}): {}\n",
         cache_dir().join("toolchains").display(),
-        if report.managed_toolchains.is_empty() { "none".into() } else { report.managed_toolchains.join(", ") }
+        if report.managed_toolchains.is_empty() {
+            "none".into()
+        } else {
+            report.managed_toolchains.join(", ")
+        }
     ));
     out.push_str("\nSteps that can run here (default LLM plan per target)\n");
     for t in &report.targets {
-        let ready: Vec<&str> = t.steps.iter().filter(|s| s.ready).map(|s| s.step.as_str()).collect();
+        let ready: Vec<&str> = t
+            .steps
+            .iter()
+            .filter(|s| s.ready)
+            .map(|s| s.step.as_str())
+            .collect();
         let mut missing: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for s in t.steps.iter().filter(|s| !s.ready) {
             for m in &s.missing {
@@ -322,7 +430,11 @@ pub fn render_human(report: &DoctorReport) -> String {
             t.framework.as_str(),
             t.kernel_backend,
             ready.join(" "),
-            if missing.is_empty() { String::new() } else { format!("; missing: {}", missing.join(", ")) }
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!("; missing: {}", missing.join(", "))
+            }
         ));
     }
     out

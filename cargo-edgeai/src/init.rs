@@ -101,7 +101,10 @@ mod tests {
         let path = dir.path().join("Cargo.toml");
         let original = "[package]\nname    = \"app\"   # aligned on purpose\nversion = \"0.1.0\"\n\n[dependencies]\n";
         std::fs::write(&path, original).unwrap();
-        assert_eq!(do_init(&path, "models/m.gguf", "host-x86_64").unwrap(), InitOutcome::Added);
+        assert_eq!(
+            do_init(&path, "models/m.gguf", "host-x86_64").unwrap(),
+            InitOutcome::Added
+        );
         let once = std::fs::read_to_string(&path).unwrap();
         assert!(once.starts_with(original));
         let meta = crate::project::parse_edgeai_table(&path, &once).unwrap();

@@ -243,7 +243,10 @@ fn run(cli: &Cli) -> Result<()> {
             match args.format {
                 Format::Json => print(&report::to_json(&plan)),
                 Format::Human if cli.global.quiet => Ok(()),
-                Format::Human => print(&report::render_plan(&plan, args.explain || cli.global.verbose > 0)),
+                Format::Human => print(&report::render_plan(
+                    &plan,
+                    args.explain || cli.global.verbose > 0,
+                )),
             }
         }
         Command::Inspect(args) => {

@@ -234,9 +234,9 @@ fn required_keys(kind: AcceleratorKind) -> &'static [&'static str] {
         AcceleratorKind::Metal => &["gpu_family"],
         AcceleratorKind::Vulkan => &["api_version"],
         AcceleratorKind::QnnHtp => &["htp_arch", "soc_model"],
-        AcceleratorKind::OpenvinoNpu | AcceleratorKind::OpenvinoGpu | AcceleratorKind::OpenvinoCpu => {
-            &["device"]
-        }
+        AcceleratorKind::OpenvinoNpu
+        | AcceleratorKind::OpenvinoGpu
+        | AcceleratorKind::OpenvinoCpu => &["device"],
     }
 }
 
@@ -272,7 +272,9 @@ pub fn parse_target(path: &Path, text: &str, source: &str) -> Result<Target> {
             raw.name.span(),
             format!(
                 "target name `{name}` does not match the file name `{}`",
-                path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
+                path.file_name()
+                    .map(|f| f.to_string_lossy())
+                    .unwrap_or_default()
             ),
             "a target manifest must be named `<name>.toml`; rename the file or change `name`",
         ));
@@ -354,7 +356,10 @@ pub fn parse_target(path: &Path, text: &str, source: &str) -> Result<Target> {
                 Some(span) if !required.contains(key) => {
                     return Err(at(
                         span.clone(),
-                        format!("`{key}` does not apply to a `{}` accelerator", kind.as_str()),
+                        format!(
+                            "`{key}` does not apply to a `{}` accelerator",
+                            kind.as_str()
+                        ),
                         &format!(
                             "remove `{key}`; a `{}` accelerator takes {}",
                             kind.as_str(),
@@ -376,7 +381,10 @@ pub fn parse_target(path: &Path, text: &str, source: &str) -> Result<Target> {
             if !HTP_ARCHS.contains(arch.get_ref()) {
                 return Err(at(
                     arch.span(),
-                    format!("htp_arch {} is not a Hexagon HTP architecture", arch.get_ref()),
+                    format!(
+                        "htp_arch {} is not a Hexagon HTP architecture",
+                        arch.get_ref()
+                    ),
                     "use one of 68, 69, 73, 75, 79, 81 (e.g. SM8550 is 73, SM8650 is 75)",
                 ));
             }

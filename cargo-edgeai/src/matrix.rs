@@ -190,10 +190,7 @@ impl Matrix {
                             "rule `{}`: `{name}` is not a {} quantization",
                             rule.id, rule.framework
                         ),
-                        &format!(
-                            "use one of: {}",
-                            Scheme::examples(rule.framework)
-                        ),
+                        &format!("use one of: {}", Scheme::examples(rule.framework)),
                     ));
                 }
             }

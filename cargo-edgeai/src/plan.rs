@@ -211,7 +211,11 @@ pub fn make_plan(
         if facts.class == ModelClass::DecoderLlm && max > 0 && context > max {
             reasons.push(format!(
                 "context {context} of {} capped at the model's trained maximum {max}",
-                if options.context_length.is_some() { "--context" } else { "the target" }
+                if options.context_length.is_some() {
+                    "--context"
+                } else {
+                    "the target"
+                }
             ));
             context = max;
         }
@@ -257,8 +261,18 @@ pub fn make_plan(
                 let est = estimate(target, facts, rule, &scheme, context);
                 if est.fits {
                     return Ok(finish(
-                        target, facts, model_ref, matrix, options, rule, accelerator.kind,
-                        &name, context, est, reasons, rejected,
+                        target,
+                        facts,
+                        model_ref,
+                        matrix,
+                        options,
+                        rule,
+                        accelerator.kind,
+                        &name,
+                        context,
+                        est,
+                        reasons,
+                        rejected,
                     ));
                 }
                 rejected.push(Rejected {
@@ -285,9 +299,9 @@ pub fn make_plan(
 
     if !any_rule {
         let mut help = match options.framework {
-            Some(f) => format!(
-                "drop --framework {f}, or pick a target whose accelerators {f} runs on"
-            ),
+            Some(f) => {
+                format!("drop --framework {f}, or pick a target whose accelerators {f} runs on")
+            }
             None => "add a rule for this accelerator and model class to the decision matrix".into(),
         };
         if options.quantization.is_some() {
@@ -349,8 +363,7 @@ fn what_would_fit(
     let fixed = est.weights_bytes + est.overhead_bytes;
     if est.kv_cache_bytes > 0 && fixed < est.budget_bytes {
         let per_token = est.kv_cache_bytes / context.max(1);
-        if per_token > 0 {
-            let tokens = (est.budget_bytes - fixed) / per_token;
+        if let Some(tokens) = (est.budget_bytes - fixed).checked_div(per_token) {
             if tokens >= 128 {
                 ideas.push(format!(
                     "a context of {tokens} tokens instead of {context} (--context {tokens})"
@@ -412,7 +425,10 @@ fn finish(
         reasons.push(format!("quantization {q} requested with --quant"));
     } else {
         let candidates = rule.candidates(options.prefer);
-        let position = candidates.iter().position(|c| c == quantization).unwrap_or(0);
+        let position = candidates
+            .iter()
+            .position(|c| c == quantization)
+            .unwrap_or(0);
         if position == 0 {
             reasons.push(format!(
                 "{quantization} is the first choice for --prefer {}",
@@ -443,7 +459,8 @@ fn finish(
             target.memory.bandwidth_gbps
         ));
     }
-    if facts.format == ModelFormat::Gguf && !matches!(facts.dtype.as_str(), "F32" | "F16" | "BF16") {
+    if facts.format == ModelFormat::Gguf && !matches!(facts.dtype.as_str(), "F32" | "F16" | "BF16")
+    {
         reasons.push(format!(
             "the input is already quantized ({}): requantizing loses more quality than quantizing from F16/F32 weights; use the unquantized model when you have it",
             facts.dtype
@@ -500,13 +517,14 @@ fn steps(
 ) -> Vec<Step> {
     let mut steps = Vec::new();
     let tool_version = matrix.tool_version(rule.framework);
-    let step = |step: &str, tool: &str, inputs: Vec<String>, outputs: Vec<String>, detail: String| Step {
-        step: step.into(),
-        tool: tool.into(),
-        inputs,
-        outputs,
-        detail,
-    };
+    let step =
+        |step: &str, tool: &str, inputs: Vec<String>, outputs: Vec<String>, detail: String| Step {
+            step: step.into(),
+            tool: tool.into(),
+            inputs,
+            outputs,
+            detail,
+        };
     let mut current = model_ref.to_string();
     if let Some(repo) = model_ref.strip_prefix("hf://") {
         steps.push(step(
@@ -582,18 +600,33 @@ fn steps(
             format!("QDQ {quantization}: qnn_preprocess_model, get_qnn_qdq_config, quantize with calibration data"),
         ),
     };
-    steps.push(step("quantize", &tool, vec![current], vec![out.clone()], detail));
+    steps.push(step(
+        "quantize",
+        &tool,
+        vec![current],
+        vec![out.clone()],
+        detail,
+    ));
 
     let kernels = match rule.kernel_backend.as_str() {
         "cuda" => {
-            let sm = target.accelerator(AcceleratorKind::Cuda).and_then(|a| a.sm).unwrap_or(0);
+            let sm = target
+                .accelerator(AcceleratorKind::Cuda)
+                .and_then(|a| a.sm)
+                .unwrap_or(0);
             (
                 "nvcc / NVRTC",
                 format!("build llama.cpp's CUDA kernels for sm_{sm} (cubin + PTX)"),
             )
         }
-        "vulkan" => ("glslc + spirv-val", "compile llama.cpp's Vulkan compute shaders to SPIR-V".to_string()),
-        "metal" => ("xcrun metal (macOS)", "compile MLX's Metal kernels into a metallib".to_string()),
+        "vulkan" => (
+            "glslc + spirv-val",
+            "compile llama.cpp's Vulkan compute shaders to SPIR-V".to_string(),
+        ),
+        "metal" => (
+            "xcrun metal (macOS)",
+            "compile MLX's Metal kernels into a metallib".to_string(),
+        ),
         "qnn-htp" => {
             let acc = target.accelerator(AcceleratorKind::QnnHtp);
             (
@@ -607,29 +640,57 @@ fn steps(
         }
         b if b.starts_with("openvino-") => (
             "openvino",
-            format!("compile the IR for the {} device and cache the blob", b.trim_start_matches("openvino-").to_ascii_uppercase()),
+            format!(
+                "compile the IR for the {} device and cache the blob",
+                b.trim_start_matches("openvino-").to_ascii_uppercase()
+            ),
         ),
-        "coreml" => ("onnxruntime (CoreML EP)", "compile the Core ML model cache at first load".to_string()),
+        "coreml" => (
+            "onnxruntime (CoreML EP)",
+            "compile the Core ML model cache at first load".to_string(),
+        ),
         _ => {
             let isa: Vec<String> = target
                 .cpu
                 .isa
                 .iter()
-                .map(|f| serde_json::to_value(f).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())
+                .map(|f| {
+                    serde_json::to_value(f)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                })
                 .collect();
             (
                 "cc / cmake",
-                format!("build the CPU kernels for {} with {}", target.triple, if isa.is_empty() { "baseline ISA".into() } else { isa.join(", ") }),
+                format!(
+                    "build the CPU kernels for {} with {}",
+                    target.triple,
+                    if isa.is_empty() {
+                        "baseline ISA".into()
+                    } else {
+                        isa.join(", ")
+                    }
+                ),
             )
         }
     };
-    steps.push(step("kernels", kernels.0, vec![rule.kernel_backend.clone()], vec!["kernels/".into()], kernels.1));
+    steps.push(step(
+        "kernels",
+        kernels.0,
+        vec![rule.kernel_backend.clone()],
+        vec!["kernels/".into()],
+        kernels.1,
+    ));
     steps.push(step(
         "build-app",
         "cargo build",
         vec!["Cargo.toml".into()],
         vec![format!("target/{}/release/", target.triple)],
-        format!("cargo build --release --target {} (rustup target and cross linker as needed)", target.triple),
+        format!(
+            "cargo build --release --target {} (rustup target and cross linker as needed)",
+            target.triple
+        ),
     ));
     steps.push(step(
         "validate",
@@ -641,13 +702,17 @@ fn steps(
             _ => "output cosine and max error against the unquantized model; latency; peak memory; gates".into(),
         },
     ));
-    let bundle = format!("target/edgeai/{}/<name>-<version>-{}.zip", target.name, target.name);
+    let bundle = format!(
+        "target/edgeai/{}/<name>-<version>-{}.zip",
+        target.name, target.name
+    );
     steps.push(step(
         "package",
         "cargo-edgeai bundle",
         vec![out, "app".into(), "validation.json".into()],
         vec![bundle.clone()],
-        "deterministic zip: model, app, edgeai-manifest.json with sha256 of every file, SBOM".into(),
+        "deterministic zip: model, app, edgeai-manifest.json with sha256 of every file, SBOM"
+            .into(),
     ));
     steps.push(step(
         "sign",

@@ -98,7 +98,8 @@ pub fn load_project(manifest_path: Option<&Path>) -> Result<Option<Project>> {
         .packages
         .iter()
         .find(|p| {
-            std::fs::canonicalize(p.manifest_path.as_std_path()).ok() == Some(manifest_canon.clone())
+            std::fs::canonicalize(p.manifest_path.as_std_path()).ok()
+                == Some(manifest_canon.clone())
         })
         .or_else(|| metadata.root_package())
         .or_else(|| {

@@ -14,7 +14,9 @@ use serde::Serialize;
 use crate::facts::{ModelFacts, TensorFact};
 
 /// A runtime/framework a plan can target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 pub enum Framework {
     #[serde(rename = "llama.cpp")]
     LlamaCpp,
@@ -169,9 +171,28 @@ pub fn ggml_block(type_name: &str) -> Option<(u64, u64)> {
 
 /// llama-quantize file types (`--type`), as the planner and quantizer know them.
 pub const GGUF_FILE_TYPES: [&str; 22] = [
-    "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q2_K_S", "Q3_K_S",
-    "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "MXFP4_MOE",
-    "Q4_K", "Q5_K",
+    "F32",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q2_K",
+    "Q2_K_S",
+    "Q3_K_S",
+    "Q3_K_M",
+    "Q3_K_L",
+    "Q4_K_S",
+    "Q4_K_M",
+    "Q5_K_S",
+    "Q5_K_M",
+    "Q6_K",
+    "IQ4_NL",
+    "MXFP4_MOE",
+    "Q4_K",
+    "Q5_K",
 ];
 
 /// A quantization scheme of one framework.
@@ -277,7 +298,9 @@ impl Scheme {
     pub fn examples(framework: Framework) -> &'static str {
         match framework {
             Framework::LlamaCpp => "Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K, IQ4_NL, F16",
-            Framework::Mlx => "affine-4bit-g64 (bits 2,3,4,5,6,8; groups 32,64,128), mxfp4, mixed_3_6",
+            Framework::Mlx => {
+                "affine-4bit-g64 (bits 2,3,4,5,6,8; groups 32,64,128), mxfp4, mixed_3_6"
+            }
             Framework::OnnxRuntime | Framework::Olive => {
                 "int8-dynamic, int8-static, int4-g32 (g64, g128; -asym), fp16, fp32"
             }
@@ -319,7 +342,8 @@ impl WeightEstimate {
 
 /// llama.cpp's `use_more_bits`: the first and last eighth of the layers and every third in between.
 pub fn use_more_bits(i: u64, n: u64) -> bool {
-    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+    // Short-circuit keeps `i - n / 8` from underflowing, as the int arithmetic in C does.
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 /// Whether llama-quantize quantizes this tensor at all (it keeps norms, 1-D tensors and
@@ -394,8 +418,8 @@ pub fn gguf_tensor_type(ftype: &str, tensor: &TensorFact, state: &mut GgufMixSta
     if matches!(ftype, "F32" | "F16" | "BF16") {
         return ty;
     }
-    let is_output = role == TensorRole::Output
-        || (!state.has_output && role == TensorRole::TokenEmbedding);
+    let is_output =
+        role == TensorRole::Output || (!state.has_output && role == TensorRole::TokenEmbedding);
     if is_output {
         ty = if tensor.row_len() % 256 != 0 {
             "Q8_0".into()
@@ -511,8 +535,10 @@ pub fn estimate_weights(scheme: &Scheme, facts: &ModelFacts) -> WeightEstimate {
         let (role, layer) = tensor_role(&tensor.name);
         let n = tensor.elements();
         let matrix = tensor.shape.len() >= 2 && !matches!(role, TensorRole::Norm);
+        // A tied embedding that is also the output projection is read in full for every token.
+        let embedding_is_output = tied && !duplicate_tied_output;
         let lookup_only = role == TensorRole::AuxEmbedding
-            || (role == TensorRole::TokenEmbedding && !(tied && !duplicate_tied_output));
+            || (role == TensorRole::TokenEmbedding && !embedding_is_output);
         match scheme {
             Scheme::Gguf(ftype) => {
                 let ty = gguf_tensor_type(ftype, tensor, &mut gguf_state);
@@ -555,7 +581,8 @@ pub fn estimate_weights(scheme: &Scheme, facts: &ModelFacts) -> WeightEstimate {
                 }
             }
             Scheme::OnnxInt4 { block, symmetric } => {
-                if matrix && role != TensorRole::TokenEmbedding && role != TensorRole::AuxEmbedding {
+                if matrix && role != TensorRole::TokenEmbedding && role != TensorRole::AuxEmbedding
+                {
                     let blocks = n.div_ceil(u64::from(*block));
                     let zero_points = if *symmetric { 0 } else { blocks.div_ceil(2) };
                     est.add("INT4", n.div_ceil(2) + blocks * 4 + zero_points, true);
@@ -663,7 +690,10 @@ mod tests {
 
     #[test]
     fn roles_from_both_namings() {
-        assert_eq!(tensor_role("blk.3.attn_v.weight"), (TensorRole::AttnV, Some(3)));
+        assert_eq!(
+            tensor_role("blk.3.attn_v.weight"),
+            (TensorRole::AttnV, Some(3))
+        );
         assert_eq!(
             tensor_role("model.layers.12.self_attn.v_proj.weight"),
             (TensorRole::AttnV, Some(12))
@@ -672,7 +702,10 @@ mod tests {
             tensor_role("model.layers.0.mlp.down_proj.weight").0,
             TensorRole::FfnDown
         );
-        assert_eq!(tensor_role("token_embd.weight").0, TensorRole::TokenEmbedding);
+        assert_eq!(
+            tensor_role("token_embd.weight").0,
+            TensorRole::TokenEmbedding
+        );
         assert_eq!(tensor_role("model.norm.weight").0, TensorRole::Norm);
         assert_eq!(
             tensor_role("encoder.layer.1.output.dense.weight").0,
@@ -688,7 +721,10 @@ mod tests {
     fn use_more_bits_matches_llama_cpp() {
         // 30 layers (SmolLM2): n/8 = 3, 7n/8 = 26.
         let more: Vec<u64> = (0..30).filter(|&i| use_more_bits(i, 30)).collect();
-        assert_eq!(more, vec![0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]);
+        assert_eq!(
+            more,
+            vec![0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]
+        );
     }
 
     #[test]

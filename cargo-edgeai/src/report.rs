@@ -19,7 +19,8 @@ pub enum Format {
 
 /// Pretty JSON with a trailing newline.
 pub fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
-    let mut text = serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let mut text =
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     text.push('\n');
     text
 }
@@ -108,7 +109,10 @@ pub fn render_plan(plan: &Plan, explain: bool) -> String {
     );
     match e.decode_tokens_per_s {
         Some(tps) => {
-            let _ = writeln!(out, "decode        ~{tps} tokens/s (estimate from memory bandwidth)");
+            let _ = writeln!(
+                out,
+                "decode        ~{tps} tokens/s (estimate from memory bandwidth)"
+            );
         }
         None => {
             let _ = writeln!(out, "decode        n/a ({})", e.decode_basis);
@@ -157,8 +161,18 @@ pub fn render_facts(facts: &ModelFacts, tensors: bool) -> String {
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
     let _ = writeln!(out, "path          {}", facts.path.display());
     let _ = writeln!(out, "format        {:?}", facts.format);
-    let _ = writeln!(out, "architecture  {} ({})", facts.architecture, facts.class.as_str());
-    let _ = writeln!(out, "parameters    {} ({})", facts.parameters, human_count(facts.parameters));
+    let _ = writeln!(
+        out,
+        "architecture  {} ({})",
+        facts.architecture,
+        facts.class.as_str()
+    );
+    let _ = writeln!(
+        out,
+        "parameters    {} ({})",
+        facts.parameters,
+        human_count(facts.parameters)
+    );
     let _ = writeln!(out, "dtype         {}", facts.dtype);
     let _ = writeln!(
         out,
@@ -171,7 +185,12 @@ pub fn render_facts(facts: &ModelFacts, tensors: bool) -> String {
         opt(facts.vocab_size),
         opt(facts.max_context)
     );
-    let _ = writeln!(out, "tensors       {} (tied embeddings: {})", facts.tensors.len(), facts.tied_embeddings);
+    let _ = writeln!(
+        out,
+        "tensors       {} (tied embeddings: {})",
+        facts.tensors.len(),
+        facts.tied_embeddings
+    );
     if tensors {
         for t in &facts.tensors {
             let _ = writeln!(out, "  {:<48} {:<6} {:?}", t.name, t.dtype, t.shape);

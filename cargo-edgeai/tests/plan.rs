@@ -14,8 +14,18 @@ const LLM_DEFAULTS: &[(&str, &str, &str, &str)] = &[
     ("apple-m2-16gb", "mlx", "affine-4bit-g64", "metal"),
     ("apple-m4-pro-48gb", "mlx", "affine-4bit-g64", "metal"),
     ("host-x86_64", "llama.cpp", "Q4_K_M", "cpu"),
-    ("intel-core-ultra-7-155h", "openvino", "int4-sym-g128", "openvino-gpu"),
-    ("intel-core-ultra-7-258v", "openvino", "int4-sym-g128", "openvino-gpu"),
+    (
+        "intel-core-ultra-7-155h",
+        "openvino",
+        "int4-sym-g128",
+        "openvino-gpu",
+    ),
+    (
+        "intel-core-ultra-7-258v",
+        "openvino",
+        "int4-sym-g128",
+        "openvino-gpu",
+    ),
     ("jetson-agx-orin-64gb", "llama.cpp", "Q4_K_M", "cuda"),
     ("jetson-orin-nano-8gb", "llama.cpp", "Q4_K_M", "cuda"),
     ("linux-x86_64-cuda-sm90", "llama.cpp", "Q4_K_M", "cuda"),
@@ -51,30 +61,54 @@ const ENCODER_DEFAULTS: &[(&str, &str, &str)] = &[
 fn check_all(facts: &ModelFacts, label: &str, llm: bool) {
     let targets = TargetSet::builtin().unwrap();
     let matrix = Matrix::builtin().unwrap();
-    assert_eq!(targets.len(), LLM_DEFAULTS.len(), "a new target needs its expected default here");
+    assert_eq!(
+        targets.len(),
+        LLM_DEFAULTS.len(),
+        "a new target needs its expected default here"
+    );
     for target in targets.iter() {
         let plan = make_plan(target, facts, label, &matrix, &PlanOptions::default())
             .unwrap_or_else(|e| panic!("{label} on {}: {e}", target.name));
         let got = (plan.framework.as_str(), plan.quantization.as_str());
         if llm {
             let expected = LLM_DEFAULTS.iter().find(|d| d.0 == target.name).unwrap();
-            assert_eq!((got.0, got.1, plan.kernel_backend.as_str()), (expected.1, expected.2, expected.3), "{}", target.name);
+            assert_eq!(
+                (got.0, got.1, plan.kernel_backend.as_str()),
+                (expected.1, expected.2, expected.3),
+                "{}",
+                target.name
+            );
         } else {
-            let expected = ENCODER_DEFAULTS.iter().find(|d| d.0 == target.name).unwrap();
+            let expected = ENCODER_DEFAULTS
+                .iter()
+                .find(|d| d.0 == target.name)
+                .unwrap();
             assert_eq!(got, (expected.1, expected.2), "{}", target.name);
         }
         assert!(plan.estimate.fits);
         assert!(plan.estimate.weights_bytes > 0);
         assert_eq!(
             plan.estimate.total_bytes,
-            plan.estimate.weights_bytes + plan.estimate.kv_cache_bytes + plan.estimate.overhead_bytes
+            plan.estimate.weights_bytes
+                + plan.estimate.kv_cache_bytes
+                + plan.estimate.overhead_bytes
         );
         if llm {
             assert!(plan.estimate.kv_cache_bytes > 0);
             assert!(plan.estimate.decode_tokens_per_s.is_some());
         }
         let steps: Vec<&str> = plan.steps.iter().map(|s| s.step.as_str()).collect();
-        assert!(steps.ends_with(&["quantize", "kernels", "build-app", "validate", "package", "sign"]), "{steps:?}");
+        assert!(
+            steps.ends_with(&[
+                "quantize",
+                "kernels",
+                "build-app",
+                "validate",
+                "package",
+                "sign"
+            ]),
+            "{steps:?}"
+        );
         let name = format!("{}__{}", label.replace(['/', '.'], "_"), target.name);
         insta::assert_json_snapshot!(name, plan);
     }
