@@ -1,0 +1,317 @@
+//! The legacy 32-element block types Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0: `quantize_row_*_ref` and,
+//! with an importance matrix, `quantize_row_*_impl` from ggml-quants.c.
+//!
+//! Block layouts (ggml-common.h, little endian):
+//! Q4_0 `d:f16 qs[16]`, Q4_1 `d:f16 m:f16 qs[16]`, Q5_0 `d:f16 qh[4] qs[16]`,
+//! Q5_1 `d:f16 m:f16 qh[4] qs[16]`, Q8_0 `d:f16 qs[32]:i8`.
+
+// Index loops mirror ggml's C index arithmetic one to one, which keeps the port reviewable.
+#![allow(clippy::needless_range_loop)]
+
+use super::f16::write_f16;
+use super::kquants::{make_qkx3_quants, make_qx_quants};
+use super::{c_max, cvtt_i32, nearest_int};
+
+const QK: usize = 32;
+
+/// Iterates the 32-element blocks of a row together with their output bytes and (if given) their
+/// importance weights.
+fn blocks<'a, const B: usize>(
+    x: &'a [f32],
+    y: &'a mut [u8],
+) -> impl Iterator<Item = (&'a [f32; QK], &'a mut [u8; B])> {
+    x.chunks_exact(QK)
+        .zip(y.chunks_exact_mut(B))
+        .filter_map(|(xb, yb)| {
+            // Both conversions always succeed: chunks_exact yields exactly QK / B items.
+            Some((xb.try_into().ok()?, yb.try_into().ok()?))
+        })
+}
+
+/// `sigma2` of the imatrix quantizers: mean of x² over the whole row (float, sequential).
+fn row_sigma2(x: &[f32]) -> f32 {
+    let mut sum_x2 = 0f32;
+    for &v in x {
+        sum_x2 += v * v;
+    }
+    // C divides by the int64 n_per_row, converted to float.
+    sum_x2 / x.len() as f32
+}
+
+/// `weight[j] = qw[j] * sqrtf(sigma2 + x[j]*x[j])` for one block.
+#[inline]
+fn imatrix_weights(xb: &[f32; QK], qw: &[f32], sigma2: f32) -> [f32; QK] {
+    let mut w = [0f32; QK];
+    for ((w, &x), &q) in w.iter_mut().zip(xb).zip(qw) {
+        *w = q * (sigma2 + x * x).sqrt();
+    }
+    w
+}
+
+/// Absolute max and the signed value that has it (first one wins), as ggml's
+/// `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }` loop.
+#[inline(always)]
+fn signed_absmax(xb: &[f32; QK]) -> f32 {
+    let mut amax = 0f32;
+    let mut max = 0f32;
+    for &v in xb {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+/// Max of |v| (0 when all are zero) computed in 8 independent lanes, and whether every value
+/// is finite. For finite inputs the maximum does not depend on the evaluation order, so this
+/// equals ggml's sequential `if (amax < fabsf(v)) amax = fabsf(v)` loop.
+#[inline(always)]
+fn absmax_lanes(xb: &[f32; QK]) -> (f32, bool) {
+    let mut m = [0f32; 8];
+    let mut fin = [true; 8];
+    for c in xb.chunks_exact(8) {
+        for k in 0..8 {
+            let a = c[k].abs();
+            m[k] = if a > m[k] { a } else { m[k] };
+            // false for inf and NaN
+            fin[k] &= a < f32::INFINITY;
+        }
+    }
+    let mut amax = 0f32;
+    let mut finite = true;
+    for k in 0..8 {
+        amax = if m[k] > amax { m[k] } else { amax };
+        finite &= fin[k];
+    }
+    (amax, finite)
+}
+
+/// The first value whose magnitude is `amax` (0 when `amax` is 0): the `max` that the
+/// sequential strict `amax < fabsf(v)` loop ends with.
+#[inline(always)]
+fn first_with_abs(xb: &[f32; QK], amax: f32) -> f32 {
+    if amax == 0.0 {
+        return 0.0;
+    }
+    xb.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+}
+
+/// `(int)v` (truncation) for |v| < 2^22, which the fast paths guarantee, without the
+/// saturation checks of `as` so that the loops vectorize: round to nearest with
+/// [`nearest_int`], then step back toward zero if that went past `v`. Out-of-range inputs give
+/// wrong numbers, never undefined behaviour.
+#[inline(always)]
+fn trunc_small(v: f32) -> i32 {
+    let n = nearest_int(v);
+    let nf = n as f32;
+    if v >= 0.0 {
+        n - i32::from(nf > v)
+    } else {
+        n + i32::from(nf < v)
+    }
+}
+
+/// Min and max as `if (v < min) min = v; if (v > max) max = v;` from FLT_MAX / -FLT_MAX.
+#[inline(always)]
+fn min_max(xb: &[f32; QK]) -> (f32, f32) {
+    let mut min = f32::MAX;
+    let mut max = -f32::MAX;
+    for &v in xb {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
+}
+
+/// `(int8_t)(v)` then `MIN(15, ...)` stored in a uint8_t.
+#[inline(always)]
+fn to_i8_min(v: f32, hi: i32) -> u8 {
+    let q = i32::from(cvtt_i32(v) as i8);
+    (if hi < q { hi } else { q }) as u8
+}
+
+/// Q8_0 (ggml ignores the imatrix for this type).
+pub(super) fn quantize_row_q8_0(x: &[f32], y: &mut [u8]) {
+    for (xb, yb) in blocks::<34>(x, y) {
+        let (amax_fast, finite) = absmax_lanes(xb);
+        let amax = if finite {
+            amax_fast
+        } else {
+            // MAX(amax, fabsf(v)), not f32::max: a NaN is kept only until the next element,
+            // exactly as the C macro does.
+            let mut amax = 0f32;
+            for &v in xb {
+                amax = c_max(amax, v.abs());
+            }
+            amax
+        };
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        write_f16(&mut yb[..2], d);
+        if finite && id.is_finite() {
+            // |v * id| <= 127 (+ rounding): roundf is exactly "truncate, then step away from
+            // zero when the dropped fraction is >= 0.5" (the fraction is exact), and the int8
+            // conversion cannot overflow. Vectorizes, unlike the roundf libcall.
+            for (q, &v) in yb[2..].iter_mut().zip(xb) {
+                let x0 = v * id;
+                let t = trunc_small(x0);
+                let frac = x0 - t as f32;
+                let r = t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5);
+                *q = r as u8;
+            }
+        } else {
+            for (q, &v) in yb[2..].iter_mut().zip(xb) {
+                // roundf() then the implicit float -> int8_t conversion.
+                *q = cvtt_i32((v * id).round()) as u8;
+            }
+        }
+    }
+}
+
+/// Q4_0 (`quantize_row_q4_0_ref`, or `quantize_row_q4_0_impl` with an imatrix).
+pub(super) fn quantize_row_q4_0(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    if let Some(qw) = qw {
+        let sigma2 = row_sigma2(x);
+        for (ib, (xb, yb)) in blocks::<18>(x, y).enumerate() {
+            let w = imatrix_weights(xb, &qw[QK * ib..QK * (ib + 1)], sigma2);
+            let mut l = [0i8; QK];
+            let d = make_qx_quants(8, xb, &mut l, 1, Some(&w));
+            write_f16(&mut yb[..2], d);
+            for j in 0..16 {
+                yb[2 + j] = (l[j] as u8) | ((l[j + 16] as u8) << 4);
+            }
+        }
+        return;
+    }
+    for (xb, yb) in blocks::<18>(x, y) {
+        let (amax, finite) = absmax_lanes(xb);
+        let max = if finite {
+            first_with_abs(xb, amax)
+        } else {
+            signed_absmax(xb)
+        };
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        write_f16(&mut yb[..2], d);
+        if finite && id.is_finite() {
+            // All x*id are in [-8, 8]: the plain truncating cast equals cvttss2si here.
+            let mut q = [0u8; QK];
+            for (q, &v) in q.iter_mut().zip(xb) {
+                *q = trunc_small(v * id + 8.5).min(15) as u8;
+            }
+            for j in 0..16 {
+                yb[2 + j] = q[j] | (q[j + 16] << 4);
+            }
+            continue;
+        }
+        for j in 0..16 {
+            let x0 = xb[j] * id;
+            let x1 = xb[j + 16] * id;
+            let xi0 = to_i8_min(x0 + 8.5, 15);
+            let xi1 = to_i8_min(x1 + 8.5, 15);
+            yb[2 + j] = xi0 | (xi1 << 4);
+        }
+    }
+}
+
+/// Q4_1 (`quantize_row_q4_1_ref`, or `quantize_row_q4_1_impl` with an imatrix).
+pub(super) fn quantize_row_q4_1(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    if let Some(qw) = qw {
+        let sigma2 = row_sigma2(x);
+        for (ib, (xb, yb)) in blocks::<20>(x, y).enumerate() {
+            let w = imatrix_weights(xb, &qw[QK * ib..QK * (ib + 1)], sigma2);
+            let mut l = [0u8; QK];
+            let (d, min) = make_qkx3_quants(15, xb, Some(&w), &mut l, -0.9, 0.05, 36, false);
+            write_f16(&mut yb[..2], d);
+            write_f16(&mut yb[2..4], -min);
+            for j in 0..16 {
+                yb[4 + j] = l[j] | (l[j + 16] << 4);
+            }
+        }
+        return;
+    }
+    for (xb, yb) in blocks::<20>(x, y) {
+        let (min, max) = min_max(xb);
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        write_f16(&mut yb[..2], d);
+        write_f16(&mut yb[2..4], min);
+        for j in 0..16 {
+            let x0 = (xb[j] - min) * id;
+            let x1 = (xb[j + 16] - min) * id;
+            let xi0 = to_i8_min(x0 + 0.5, 15);
+            let xi1 = to_i8_min(x1 + 0.5, 15);
+            yb[4 + j] = xi0 | (xi1 << 4);
+        }
+    }
+}
+
+/// Packs 32 five-bit values into `qs[16]` (low nibbles) and the 32-bit `qh` of fifth bits.
+#[inline(always)]
+fn pack5(l: impl Fn(usize) -> u8, qh_out: &mut [u8], qs: &mut [u8]) {
+    let mut qh = 0u32;
+    for j in 0..16 {
+        let xi0 = l(j);
+        let xi1 = l(j + 16);
+        qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+        qh |= ((u32::from(xi0) & 0x10) >> 4) << j;
+        qh |= ((u32::from(xi1) & 0x10) >> 4) << (j + 16);
+    }
+    qh_out.copy_from_slice(&qh.to_le_bytes());
+}
+
+/// Q5_0 (`quantize_row_q5_0_ref`, or `quantize_row_q5_0_impl` with an imatrix).
+pub(super) fn quantize_row_q5_0(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    if let Some(qw) = qw {
+        let sigma2 = row_sigma2(x);
+        for (ib, (xb, yb)) in blocks::<22>(x, y).enumerate() {
+            let w = imatrix_weights(xb, &qw[QK * ib..QK * (ib + 1)], sigma2);
+            let mut l = [0i8; QK];
+            let d = make_qx_quants(16, xb, &mut l, 1, Some(&w));
+            write_f16(&mut yb[..2], d);
+            let (qh, qs) = yb[2..].split_at_mut(4);
+            pack5(|j| l[j] as u8, qh, qs);
+        }
+        return;
+    }
+    for (xb, yb) in blocks::<22>(x, y) {
+        let max = signed_absmax(xb);
+        let d = max / -16.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        write_f16(&mut yb[..2], d);
+        let (qh, qs) = yb[2..].split_at_mut(4);
+        pack5(|j| to_i8_min(xb[j] * id + 16.5, 31), qh, qs);
+    }
+}
+
+/// Q5_1 (`quantize_row_q5_1_ref`, or `quantize_row_q5_1_impl` with an imatrix).
+pub(super) fn quantize_row_q5_1(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    if let Some(qw) = qw {
+        let sigma2 = row_sigma2(x);
+        for (ib, (xb, yb)) in blocks::<24>(x, y).enumerate() {
+            let w = imatrix_weights(xb, &qw[QK * ib..QK * (ib + 1)], sigma2);
+            let mut l = [0u8; QK];
+            let (d, min) = make_qkx3_quants(31, xb, Some(&w), &mut l, -0.9, 0.05, 36, false);
+            write_f16(&mut yb[..2], d);
+            write_f16(&mut yb[2..4], -min);
+            let (qh, qs) = yb[4..].split_at_mut(4);
+            pack5(|j| l[j], qh, qs);
+        }
+        return;
+    }
+    for (xb, yb) in blocks::<24>(x, y) {
+        let (min, max) = min_max(xb);
+        let d = (max - min) / 31.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        write_f16(&mut yb[..2], d);
+        write_f16(&mut yb[2..4], min);
+        let (qh, qs) = yb[4..].split_at_mut(4);
+        // No clamp here in ggml: (uint8_t)(x0 + 0.5f).
+        pack5(|j| cvtt_i32((xb[j] - min) * id + 0.5) as u8, qh, qs);
+    }
+}
