@@ -3,17 +3,21 @@
 //! The `cargo-edgeai` binary is a thin layer over this library: each command parses its
 //! arguments and calls one `do_*` function here. See ARCHITECTURE.md for the map of modules.
 
+pub mod convert;
 pub mod doctor;
 pub mod error;
+pub mod export;
 pub mod facts;
 pub mod gguf;
 pub mod init;
+pub mod llama_quant;
 pub mod manifest;
 pub mod matrix;
 pub mod onnx;
 pub mod plan;
 pub mod project;
 pub mod quant;
+pub mod quants;
 pub mod report;
 pub mod safetensors;
 

@@ -57,6 +57,111 @@ enum Command {
     Doctor(DoctorArgs),
     /// Add a commented [package.metadata.edgeai] table to Cargo.toml (idempotent).
     Init(InitArgs),
+    /// Quantize a GGUF model (byte-identical to llama.cpp's llama-quantize).
+    Quantize(QuantizeArgs),
+    /// Convert a GGUF model back to F16/F32 (what `llama-quantize --allow-requantize` writes).
+    Dequantize(DequantizeArgs),
+    /// Convert a Hugging Face model directory to GGUF (F32/F16/BF16 or any quantize type).
+    Convert(ConvertArgs),
+    /// Export a llama-family GGUF to a Hugging Face directory (F32 safetensors + tokenizer).
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ConvertArgs {
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    input: PathBuf,
+    /// Output file.
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    output: PathBuf,
+    /// Output format (gguf).
+    #[arg(long = "format", value_name = "FORMAT", default_value = "gguf")]
+    out_format: String,
+    /// f32, f16, bf16, q8_0 or any quantize type (Q4_K_M, Q6_K, ...).
+    #[arg(long, value_name = "TYPE", default_value = "f16")]
+    outtype: String,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Report format.
+    #[arg(long = "report", value_enum, default_value_t = Format::Human)]
+    report: Format,
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// Input GGUF (llama architecture).
+    input: PathBuf,
+    /// Target format (safetensors).
+    #[arg(long, value_name = "FORMAT", default_value = "safetensors")]
+    to: String,
+    /// Output directory.
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    output: PathBuf,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+}
+
+#[derive(Args, Debug)]
+struct QuantizeArgs {
+    /// Input GGUF (F32/F16/BF16; the first part of a split model).
+    input: PathBuf,
+    /// Output GGUF.
+    output: PathBuf,
+    /// File type: Q4_K_M, Q5_K_M, Q6_K, Q8_0, Q4_0, IQ4_NL, F16, ... (as llama-quantize).
+    #[arg(long = "type", value_name = "TYPE")]
+    file_type: String,
+    /// Importance matrix (GGUF from llama-imatrix, or the legacy .dat format).
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// No k-quant mixture: every quantizable tensor gets the file type's base type.
+    #[arg(long)]
+    pure: bool,
+    /// Type of output.weight (e.g. q8_0).
+    #[arg(long, value_name = "TYPE")]
+    output_tensor_type: Option<String>,
+    /// Type of token_embd.weight.
+    #[arg(long, value_name = "TYPE")]
+    token_embedding_type: Option<String>,
+    /// Per-tensor type: REGEX=TYPE (regex searched in the tensor name); repeatable.
+    #[arg(long = "tensor-type", value_name = "REGEX=TYPE")]
+    tensor_types: Vec<String>,
+    /// Accept already-quantized input (dequantized first; quality suffers).
+    #[arg(long)]
+    allow_requantize: bool,
+    /// Keep output.weight as it is.
+    #[arg(long)]
+    leave_output_tensor: bool,
+    /// Write one output part per input part (OUTPUT-00001-of-0000N.gguf, ...).
+    #[arg(long)]
+    keep_split: bool,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+}
+
+#[derive(Args, Debug)]
+struct DequantizeArgs {
+    /// Input GGUF (quantized).
+    input: PathBuf,
+    /// Output GGUF.
+    output: PathBuf,
+    /// F16 (default), F32 or BF16.
+    #[arg(long = "type", value_name = "TYPE", default_value = "F16")]
+    file_type: String,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Write one output part per input part.
+    #[arg(long)]
+    keep_split: bool,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
 }
 
 #[derive(Args, Debug)]
@@ -263,6 +368,71 @@ fn run(cli: &Cli) -> Result<()> {
             match args.format {
                 Format::Json => print(&report::to_json(&report)),
                 Format::Human => print(&edgeai::doctor::render_human(&report)),
+            }
+        }
+        Command::Quantize(args) => {
+            let report = edgeai::llama_quant::do_quantize(&edgeai::llama_quant::QuantizeOptions {
+                input: args.input.clone(),
+                output: args.output.clone(),
+                file_type: args.file_type.clone(),
+                imatrix: args.imatrix.clone(),
+                threads: args.threads,
+                pure: args.pure,
+                output_tensor_type: args.output_tensor_type.clone(),
+                token_embedding_type: args.token_embedding_type.clone(),
+                tensor_types: args.tensor_types.clone(),
+                allow_requantize: args.allow_requantize,
+                leave_output_tensor: args.leave_output_tensor,
+                keep_split: args.keep_split,
+                progress: !cli.global.quiet,
+            })?;
+            match args.format {
+                Format::Json => print(&report::to_json(&report)),
+                Format::Human if cli.global.quiet => Ok(()),
+                Format::Human => print(&report.render_human()),
+            }
+        }
+        Command::Dequantize(args) => {
+            let report =
+                edgeai::llama_quant::do_dequantize(&edgeai::llama_quant::DequantizeOptions {
+                    input: args.input.clone(),
+                    output: args.output.clone(),
+                    file_type: args.file_type.clone(),
+                    threads: args.threads,
+                    keep_split: args.keep_split,
+                    progress: !cli.global.quiet,
+                })?;
+            match args.format {
+                Format::Json => print(&report::to_json(&report)),
+                Format::Human if cli.global.quiet => Ok(()),
+                Format::Human => print(&report.render_human()),
+            }
+        }
+        Command::Convert(args) => {
+            let report = edgeai::convert::do_convert(&edgeai::convert::ConvertOptions {
+                input: args.input.clone(),
+                output: args.output.clone(),
+                format: args.out_format.clone(),
+                outtype: args.outtype.clone(),
+                threads: args.threads,
+            })?;
+            match args.report {
+                Format::Json => print(&report::to_json(&report)),
+                Format::Human if cli.global.quiet => Ok(()),
+                Format::Human => print(&report.render_human()),
+            }
+        }
+        Command::Export(args) => {
+            let report = edgeai::export::do_export(&edgeai::export::ExportOptions {
+                input: args.input.clone(),
+                output: args.output.clone(),
+                to: args.to.clone(),
+                threads: args.threads,
+            })?;
+            match args.format {
+                Format::Json => print(&report::to_json(&report)),
+                Format::Human if cli.global.quiet => Ok(()),
+                Format::Human => print(&report.render_human()),
             }
         }
         Command::Init(args) => {

@@ -342,170 +342,169 @@ impl WeightEstimate {
 
 /// llama.cpp's `use_more_bits`: the first and last eighth of the layers and every third in between.
 pub fn use_more_bits(i: u64, n: u64) -> bool {
-    // Short-circuit keeps `i - n / 8` from underflowing, as the int arithmetic in C does.
-    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+    crate::llama_quant::use_more_bits(
+        i64::try_from(i).unwrap_or(i64::MAX),
+        i64::try_from(n).unwrap_or(i64::MAX),
+    )
 }
 
-/// Whether llama-quantize quantizes this tensor at all (it keeps norms, 1-D tensors and
-/// position/token-type embeddings as they are).
-fn gguf_quantizes(tensor: &TensorFact, role: TensorRole) -> bool {
-    tensor.shape.len() >= 2
-        && !matches!(role, TensorRole::Norm | TensorRole::AuxEmbedding)
-        && (tensor.name.ends_with("weight") || tensor.name.ends_with(".w"))
-}
-
-/// Counters llama-quantize keeps while it walks the tensors.
-#[derive(Debug, Default)]
+/// The per-tensor GGUF types of a model for the planner: llama-quantize's exact choice
+/// ([`crate::llama_quant::TypeChooser`], the code `cargo edgeai quantize` runs), computed once
+/// per file type over the whole model in llama.cpp's tensor order.
+#[derive(Debug)]
 pub struct GgufMixState {
-    pub n_attention_wv: u64,
-    pub n_ffn_down: u64,
-    pub i_attention_wv: u64,
-    pub i_ffn_down: u64,
+    /// Whether the model has its own output projection (`output.weight` / `lm_head`).
     pub has_output: bool,
-    /// n_head / n_head_kv.
-    pub n_gqa: u64,
+    /// Whether the facts come from a GGUF file (names and types as llama-quantize sees them).
+    is_gguf: bool,
+    /// (original name, GGUF name, ggml `ne`, stored type), in llama.cpp's order.
+    tensors: Vec<(String, String, Vec<u64>, crate::gguf::GgmlType)>,
+    params: crate::llama_quant::ModelParams,
+    /// File type -> original tensor name -> chosen type name.
+    cache: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl GgufMixState {
-    /// Counters for a model, before the first tensor.
+    /// The tensors of `facts` as llama-quantize would meet them.
     pub fn new(facts: &ModelFacts) -> Self {
-        let mut state = GgufMixState {
-            has_output: false,
-            n_gqa: match (facts.heads, facts.kv_heads) {
-                (Some(h), Some(kv)) if kv > 0 => h / kv,
-                _ => 1,
-            },
-            ..Default::default()
+        use crate::facts::ModelFormat;
+        use crate::gguf::GgmlType;
+        let is_gguf = facts.format == ModelFormat::Gguf;
+        let mut tensors: Vec<_> = facts
+            .tensors
+            .iter()
+            .map(|t| {
+                let gguf_name = if is_gguf {
+                    t.name.clone()
+                } else {
+                    gguf_name_of(&t.name)
+                };
+                let ne: Vec<u64> = t.shape.iter().rev().copied().collect();
+                let ty = GgmlType::from_name(&t.dtype).unwrap_or(GgmlType::F32);
+                (t.name.clone(), gguf_name, ne, ty)
+            })
+            .collect();
+        tensors.sort_by(|a, b| crate::llama_quant::weight_order(&a.1, &b.1));
+        let has_output = tensors.iter().any(|t| {
+            crate::llama_quant::Category::of(&t.1) == crate::llama_quant::Category::Output
+        });
+        let max_layer = tensors
+            .iter()
+            .filter_map(|t| crate::llama_quant::blk_layer(&t.1))
+            .max()
+            .map_or(1, |l| l + 1);
+        let n_head = facts.heads.unwrap_or(0);
+        let params = crate::llama_quant::ModelParams {
+            arch: facts.architecture.clone(),
+            n_layer: facts
+                .layers
+                .and_then(|l| i64::try_from(l).ok())
+                .unwrap_or(max_layer)
+                .max(1),
+            n_head,
+            n_head_kv: facts.kv_heads.unwrap_or(n_head),
+            n_expert: 0,
         };
-        for t in &facts.tensors {
-            match tensor_role(&t.name).0 {
-                TensorRole::AttnV | TensorRole::AttnQkv => state.n_attention_wv += 1,
-                TensorRole::FfnDown => state.n_ffn_down += 1,
-                TensorRole::Output => state.has_output = true,
-                _ => {}
-            }
+        GgufMixState {
+            has_output,
+            is_gguf,
+            tensors,
+            params,
+            cache: BTreeMap::new(),
         }
-        state
+    }
+
+    /// The chosen type of every tensor for `ftype`, by original name.
+    fn types_for(&mut self, ftype: &str) -> &BTreeMap<String, String> {
+        use crate::llama_quant::{choose_types, FileType, TypeOptions};
+        if !self.cache.contains_key(ftype) {
+            let file_type = FileType::parse(ftype).unwrap_or(FileType::Q8_0);
+            let list: Vec<_> = self
+                .tensors
+                .iter()
+                .map(|(_, name, ne, ty)| (name.clone(), ne.clone(), *ty))
+                .collect();
+            let opts = TypeOptions {
+                quantize_output_tensor: true,
+                ..TypeOptions::default()
+            };
+            let types = choose_types(file_type, self.params.clone(), opts, &list)
+                .map(|(t, _)| t)
+                .unwrap_or_else(|_| vec![file_type.default_type(); list.len()]);
+            let map = self
+                .tensors
+                .iter()
+                .zip(types)
+                .map(|((orig, gguf_name, ne, cur), ty)| {
+                    let quantized = crate::llama_quant::tensor_allows_quantization(
+                        gguf_name,
+                        ne,
+                        &self.params.arch,
+                        true,
+                    );
+                    let name = if quantized || self.is_gguf {
+                        ty.name().to_string()
+                    } else if crate::llama_quant::ggml_n_dims(ne) < 2 {
+                        // The converters store 1-D tensors (norms, biases) as F32.
+                        "F32".to_string()
+                    } else {
+                        match cur {
+                            crate::gguf::GgmlType::F16
+                            | crate::gguf::GgmlType::BF16
+                            | crate::gguf::GgmlType::F32 => cur.name().to_string(),
+                            _ => "F32".to_string(),
+                        }
+                    };
+                    (orig.clone(), name)
+                })
+                .collect();
+            self.cache.insert(ftype.to_string(), map);
+        }
+        &self.cache[ftype]
     }
 }
 
-/// The ggml type llama-quantize stores `tensor` in for file type `ftype`, following
-/// `llama_tensor_get_type` for the K-quant mixtures, then the row-length fallbacks.
-pub fn gguf_tensor_type(ftype: &str, tensor: &TensorFact, state: &mut GgufMixState) -> String {
-    let (role, _) = tensor_role(&tensor.name);
-    if !gguf_quantizes(tensor, role) {
-        // Norms and 1-D tensors are stored as F32 by the converters and kept by llama-quantize.
-        return if tensor.shape.len() < 2 {
-            "F32".into()
-        } else {
-            match tensor.dtype.as_str() {
-                "F16" | "BF16" | "F32" => tensor.dtype.clone(),
-                _ => "F32".into(),
-            }
-        };
-    }
-    let base = match ftype {
-        "F32" | "F16" | "BF16" | "Q8_0" | "Q4_0" | "Q4_1" | "Q5_0" | "Q5_1" | "Q6_K" | "IQ4_NL"
-        | "Q4_K" | "Q5_K" => ftype,
-        "Q2_K" | "Q2_K_S" => "Q2_K",
-        "Q3_K_S" | "Q3_K_M" | "Q3_K_L" => "Q3_K",
-        "Q4_K_S" | "Q4_K_M" => "Q4_K",
-        "Q5_K_S" | "Q5_K_M" => "Q5_K",
-        "MXFP4_MOE" => "Q8_0",
-        _ => "Q8_0",
+/// The llama.cpp (GGUF) name of a Hugging Face tensor name, from its role and block number
+/// ("model.layers.3.self_attn.v_proj.weight" -> "blk.3.attn_v.weight"); names without a known
+/// role are kept.
+fn gguf_name_of(name: &str) -> String {
+    let (role, layer) = tensor_role(name);
+    let blk = |suffix: &str| match layer {
+        Some(i) => format!("blk.{i}.{suffix}"),
+        None => name.to_string(),
     };
-    let mut ty = base.to_string();
-    if matches!(ftype, "F32" | "F16" | "BF16") {
-        return ty;
+    match role {
+        TensorRole::TokenEmbedding => "token_embd.weight".into(),
+        TensorRole::Output => "output.weight".into(),
+        TensorRole::AuxEmbedding if name.contains("position") => "position_embd.weight".into(),
+        TensorRole::AuxEmbedding => "token_types.weight".into(),
+        TensorRole::AttnQ => blk("attn_q.weight"),
+        TensorRole::AttnK => blk("attn_k.weight"),
+        TensorRole::AttnV => blk("attn_v.weight"),
+        TensorRole::AttnQkv => blk("attn_qkv.weight"),
+        TensorRole::AttnOutput => blk("attn_output.weight"),
+        TensorRole::FfnGate => blk("ffn_gate.weight"),
+        TensorRole::FfnUp => blk("ffn_up.weight"),
+        TensorRole::FfnDown => blk("ffn_down.weight"),
+        TensorRole::Norm | TensorRole::Other => name.to_string(),
     }
-    let is_output =
-        role == TensorRole::Output || (!state.has_output && role == TensorRole::TokenEmbedding);
-    if is_output {
-        ty = if tensor.row_len() % 256 != 0 {
-            "Q8_0".into()
-        } else if ty != "Q8_0" {
-            "Q6_K".into()
-        } else {
-            ty
-        };
-    } else {
-        match role {
-            TensorRole::AttnV => {
-                let i = state.i_attention_wv;
-                let n = state.n_attention_wv;
-                ty = match ftype {
-                    "Q2_K" => if state.n_gqa >= 4 { "Q4_K" } else { "Q3_K" }.into(),
-                    "Q2_K_S" if state.n_gqa >= 4 => "Q4_K".into(),
-                    "Q3_K_M" => if i < 2 { "Q5_K" } else { "Q4_K" }.into(),
-                    "Q3_K_L" => "Q5_K".into(),
-                    "IQ4_NL" if state.n_gqa >= 4 => "Q5_K".into(),
-                    "Q4_K_M" | "Q5_K_M" if use_more_bits(i, n) => "Q6_K".into(),
-                    "Q4_K_S" if i < 4 => "Q5_K".into(),
-                    _ => ty,
-                };
-                state.i_attention_wv += 1;
-            }
-            TensorRole::FfnDown => {
-                let i = state.i_ffn_down;
-                let n = state.n_ffn_down;
-                ty = match ftype {
-                    "Q2_K" => "Q3_K".into(),
-                    "Q2_K_S" if i < n / 8 => "Q4_K".into(),
-                    "Q3_K_M" => {
-                        if i < n / 16 {
-                            "Q5_K".into()
-                        } else {
-                            "Q4_K".into()
-                        }
-                    }
-                    "Q3_K_L" => "Q5_K".into(),
-                    "Q4_K_M" | "Q5_K_M" if use_more_bits(i, n) => "Q6_K".into(),
-                    "Q4_K_S" if i < n / 8 => "Q5_K".into(),
-                    _ => ty,
-                };
-                state.i_ffn_down += 1;
-            }
-            TensorRole::AttnOutput => {
-                ty = match ftype {
-                    "Q2_K" => "Q3_K".into(),
-                    "Q3_K_M" => "Q4_K".into(),
-                    "Q3_K_L" => "Q5_K".into(),
-                    _ => ty,
-                };
-            }
-            TensorRole::AttnQkv => {
-                ty = match ftype {
-                    "Q3_K_M" | "Q3_K_L" => "Q4_K".into(),
-                    "Q4_K_M" => "Q5_K".into(),
-                    "Q5_K_M" => "Q6_K".into(),
-                    _ => ty,
-                };
-                state.i_attention_wv += 1;
-            }
-            _ => {}
-        }
-    }
-    gguf_row_fallback(&ty, tensor.row_len())
+}
+
+/// The ggml type llama-quantize stores `tensor` in for file type `ftype` (exactly: this is
+/// [`crate::llama_quant::TypeChooser`], with llama.cpp's tensor order and counters).
+pub fn gguf_tensor_type(ftype: &str, tensor: &TensorFact, state: &mut GgufMixState) -> String {
+    state
+        .types_for(ftype)
+        .get(&tensor.name)
+        .cloned()
+        .unwrap_or_else(|| "F32".to_string())
 }
 
 /// llama-quantize's fallback when a row is not a whole number of blocks of the chosen type.
 pub fn gguf_row_fallback(ty: &str, row_len: u64) -> String {
-    let fits = |t: &str| ggml_block(t).is_some_and(|(block, _)| row_len % block == 0);
-    if fits(ty) {
-        return ty.to_string();
-    }
-    let fallback = match ty {
-        "Q2_K" | "Q3_K" => "IQ4_NL",
-        "Q4_K" => "Q5_0",
-        "Q5_K" => "Q5_1",
-        "Q6_K" => "Q8_0",
-        _ => "F16",
-    };
-    if fits(fallback) {
-        fallback.to_string()
-    } else {
-        "F16".to_string()
-    }
+    crate::gguf::GgmlType::from_name(ty)
+        .and_then(|t| crate::llama_quant::row_fallback(t, row_len))
+        .map_or_else(|| "F16".to_string(), |t| t.name().to_string())
 }
 
 /// Bytes of `elements` stored as ggml type `ty` in rows of `row_len` elements.
@@ -771,8 +770,9 @@ mod tests {
 
     #[test]
     fn q4_k_m_mixture_counts_tensor_by_tensor() {
-        // Two blocks with 256-wide rows: attn_v and ffn_down of both blocks get Q6_K
-        // (use_more_bits(0,2) and (1,2) are both true), the rest Q4_K; tied embedding -> Q6_K.
+        // Two blocks with 256-wide rows: attn_v and ffn_down of block 1 get Q6_K
+        // (use_more_bits(1,2) is true: 1 >= 7*2/8; use_more_bits(0,2) is false: 0 < 2/8 = 0
+        // fails, as in llama.cpp's int arithmetic), the rest Q4_K; tied embedding -> Q6_K.
         let mut tensors = vec![t("token_embd.weight", &[320, 256])];
         for i in 0..2 {
             for (name, shape) in [
@@ -806,10 +806,10 @@ mod tests {
             tensors,
         };
         let est = estimate_weights(&Scheme::Gguf("Q4_K_M".into()), &facts);
-        assert_eq!(est.by_type["Q6_K"].tensors, 5);
-        assert_eq!(est.by_type["Q4_K"].tensors, 10);
+        assert_eq!(est.by_type["Q6_K"].tensors, 3);
+        assert_eq!(est.by_type["Q4_K"].tensors, 12);
         assert_eq!(est.by_type["F32"].tensors, 2);
-        let q6 = (320 * 256 + 2 * 64 * 256 + 2 * 256 * 512) / 256 * 210;
+        let q6 = (320 * 256 + 64 * 256 + 256 * 512) / 256 * 210;
         assert_eq!(est.by_type["Q6_K"].bytes, q6);
     }
 }

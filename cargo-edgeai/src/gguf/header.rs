@@ -114,36 +114,47 @@ impl GgufHeader {
     /// Encode the header back to bytes (magic through the padding before the data section).
     /// The tensor infos keep their offsets; the caller is responsible for placing the data.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&GGUF_MAGIC);
-        out.extend_from_slice(&self.version.to_le_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
-        for (key, value) in &self.metadata {
-            put_str(&mut out, key);
-            out.extend_from_slice(&value.value_type().id().to_le_bytes());
-            put_value(&mut out, value);
-        }
-        for t in &self.tensors {
-            put_str(&mut out, &t.name);
-            out.extend_from_slice(&(t.ne.len() as u32).to_le_bytes());
-            for d in &t.ne {
-                out.extend_from_slice(&d.to_le_bytes());
-            }
-            out.extend_from_slice(&t.ggml_type.id().to_le_bytes());
-            out.extend_from_slice(&t.offset.to_le_bytes());
-        }
-        let align = self.alignment.max(1) as usize;
-        while out.len() % align != 0 {
-            out.push(0);
-        }
-        out
+        encode_header(self.version, &self.metadata, &self.tensors, self.alignment)
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+/// Encode a GGUF header as llama.cpp's `gguf_write_out` does: magic, version, tensor count,
+/// metadata count, the metadata pairs in order, the tensor infos in order (`ne` and offsets as
+/// given), then zero bytes up to the next multiple of `alignment` (also when there are no
+/// tensors, as llama.cpp does).
+pub(super) fn encode_header(
+    version: u32,
+    metadata: &[(String, GgufValue)],
+    tensors: &[GgufTensorInfo],
+    alignment: u64,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&GGUF_MAGIC);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (key, value) in metadata {
+        put_str(&mut out, key.as_bytes());
+        out.extend_from_slice(&value.value_type().id().to_le_bytes());
+        put_value(&mut out, value);
+    }
+    for t in tensors {
+        put_str(&mut out, t.name.as_bytes());
+        out.extend_from_slice(&(t.ne.len() as u32).to_le_bytes());
+        for d in &t.ne {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.extend_from_slice(&t.ggml_type.id().to_le_bytes());
+        out.extend_from_slice(&t.offset.to_le_bytes());
+    }
+    let align = usize::try_from(alignment.max(1)).unwrap_or(usize::MAX);
+    out.resize(out.len().next_multiple_of(align), 0);
+    out
+}
+
+fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(s);
 }
 
 fn put_value(out: &mut Vec<u8>, value: &GgufValue) {
@@ -156,7 +167,8 @@ fn put_value(out: &mut Vec<u8>, value: &GgufValue) {
         GgufValue::I32(v) => out.extend_from_slice(&v.to_le_bytes()),
         GgufValue::F32(v) => out.extend_from_slice(&v.to_le_bytes()),
         GgufValue::Bool(v) => out.push(u8::from(*v)),
-        GgufValue::String(s) => put_str(out, s),
+        GgufValue::String(s) => put_str(out, s.as_bytes()),
+        GgufValue::RawString(b) => put_str(out, b),
         GgufValue::Array(a) => put_array(out, a),
         GgufValue::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
         GgufValue::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
@@ -184,6 +196,11 @@ fn put_array(out: &mut Vec<u8>, a: &GgufArray) {
         GgufArray::F32(v) => le!(v),
         GgufArray::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
         GgufArray::String(v) => {
+            for s in v {
+                put_str(out, s.as_bytes());
+            }
+        }
+        GgufArray::RawString(v) => {
             for s in v {
                 put_str(out, s);
             }
@@ -296,7 +313,18 @@ impl<R: Read> Reader<'_, R> {
         self.array::<8>(what).map(u64::from_le_bytes)
     }
 
+    /// A key or tensor name. These are ASCII in every known file; an invalid UTF-8 sequence is
+    /// replaced with U+FFFD (such a file does not round-trip byte for byte).
     fn string(&mut self, what: &dyn Fn() -> String) -> Result<String> {
+        let bytes = self.string_bytes(what)?;
+        Ok(match String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+    }
+
+    /// A length-prefixed string's raw bytes.
+    fn string_bytes(&mut self, what: &dyn Fn() -> String) -> Result<Vec<u8>> {
         let at = self.pos;
         let n = self.u64(&|| format!("length of {}", what()))?;
         if n > self.remaining() {
@@ -309,11 +337,7 @@ impl<R: Read> Reader<'_, R> {
                 at,
             ));
         }
-        let bytes = self.read_vec(n, what)?;
-        Ok(match String::from_utf8(bytes) {
-            Ok(s) => s,
-            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-        })
+        self.read_vec(n, what)
     }
 
     fn value_type(&mut self, what: &dyn Fn() -> String) -> Result<GgufValueType> {
@@ -333,7 +357,7 @@ impl<R: Read> Reader<'_, R> {
             GgufValueType::I32 => GgufValue::I32(i32::from_le_bytes(self.array(what)?)),
             GgufValueType::F32 => GgufValue::F32(f32::from_le_bytes(self.array(what)?)),
             GgufValueType::Bool => GgufValue::Bool(self.array::<1>(what)?[0] != 0),
-            GgufValueType::String => GgufValue::String(self.string(what)?),
+            GgufValueType::String => GgufValue::from_str_bytes(self.string_bytes(what)?),
             GgufValueType::Array => GgufValue::Array(self.array_value(0, what)?),
             GgufValueType::U64 => GgufValue::U64(u64::from_le_bytes(self.array(what)?)),
             GgufValueType::I64 => GgufValue::I64(i64::from_le_bytes(self.array(what)?)),
@@ -402,9 +426,9 @@ impl<R: Read> Reader<'_, R> {
             GgufValueType::String => {
                 let mut v = Vec::with_capacity(cap);
                 for i in 0..count {
-                    v.push(self.string(&|| format!("element {i} of {}", what()))?);
+                    v.push(self.string_bytes(&|| format!("element {i} of {}", what()))?);
                 }
-                GgufArray::String(v)
+                GgufArray::from_str_bytes(v)
             }
             GgufValueType::Array => {
                 let mut v = Vec::with_capacity(cap);
@@ -570,6 +594,22 @@ impl<R: Read> Reader<'_, R> {
                     ));
                 }
             }
+        }
+
+        // With tensors, the checks above already place the data section inside the file. A
+        // header without tensors must still be followed by its alignment padding (llama.cpp
+        // and gguf-py always write it): otherwise an absurd `general.alignment` would make
+        // the data section start far past the end of the file, and re-encoding the header
+        // would allocate that padding.
+        if data_offset > self.len {
+            return Err(Error::model(
+                self.path,
+                format!(
+                    "truncated GGUF file: the header ends at byte {} and its padding to the alignment {alignment} runs to byte {data_offset}, past the end of the file ({} bytes)",
+                    self.pos, self.len
+                ),
+                "the file is incomplete (an interrupted download or copy?) or its general.alignment is corrupt; re-download it or re-export it with llama.cpp",
+            ));
         }
 
         Ok(GgufHeader {

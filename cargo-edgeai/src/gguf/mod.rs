@@ -1,23 +1,37 @@
-//! GGUF (llama.cpp) header reading.
+//! GGUF (llama.cpp) files: reading, validating, writing, inspecting.
 //!
 //! [`read_header`] parses everything before the tensor data: version, metadata (typed, in file
 //! order), tensor infos and the data offset. [`model_facts`] turns a header into
-//! [`ModelFacts`](crate::facts::ModelFacts). Tensor data is never read.
+//! [`ModelFacts`](crate::facts::ModelFacts). [`GgufFile`] adds a memory map of the data and
+//! checks the data layout; [`GgufModel`] follows llama.cpp's split files. [`GgufWriter`]
+//! writes a file in llama.cpp's layout, atomically. [`inspect_gguf`] describes a model.
 
 #![warn(missing_docs)]
 
+mod file;
 mod header;
+mod inspect;
 mod types;
 mod value;
+mod writer;
 
 use std::path::Path;
 
+pub use file::{
+    split_path, GgufFile, GgufModel, TensorLoc, KEY_SPLIT_COUNT, KEY_SPLIT_NO,
+    KEY_SPLIT_TENSORS_COUNT,
+};
 pub use header::{
     read_header, read_header_from, GgufHeader, GgufTensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC,
     MAX_ARRAY_NESTING, MAX_DIMS,
 };
+pub use inspect::{
+    inspect_gguf, inspect_model, render_gguf_inspect, GgufInspect, MetadataEntry, TensorEntry,
+    Totals, TypeTotals, ARRAY_HEAD, ARRAY_SUMMARY_LEN,
+};
 pub use types::{llama_file_type_name, removed_ggml_type_name, GgmlType, QK_K};
 pub use value::{GgufArray, GgufValue, GgufValueType};
+pub use writer::{split_metadata, split_paths, GgufWriter, TensorSpec, MAX_TENSOR_NAME};
 
 use crate::facts::{dominant_dtype, ModelClass, ModelFacts, ModelFormat, TensorFact};
 use crate::Result;
@@ -121,5 +135,7 @@ pub fn model_facts(header: &GgufHeader, path: &Path) -> ModelFacts {
     }
 }
 
+#[cfg(test)]
+mod io_tests;
 #[cfg(test)]
 mod tests;

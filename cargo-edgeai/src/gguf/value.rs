@@ -87,8 +87,10 @@ impl GgufValueType {
 
 /// One metadata value.
 ///
-/// Strings are decoded as UTF-8; the rare invalid byte sequence is replaced with U+FFFD
-/// (llama.cpp itself treats them as opaque bytes).
+/// Strings that are valid UTF-8 are [`GgufValue::String`]; llama.cpp treats strings as opaque
+/// bytes, so the rare string that is not valid UTF-8 is kept verbatim as
+/// [`GgufValue::RawString`] (both have the on-disk type `string`), which lets a file be
+/// rewritten byte for byte.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum GgufValue {
@@ -118,6 +120,9 @@ pub enum GgufValue {
     I64(i64),
     /// `float64`.
     F64(f64),
+    /// A `string` whose bytes are not valid UTF-8, kept verbatim (serialized lossily).
+    #[serde(serialize_with = "lossy")]
+    RawString(Vec<u8>),
 }
 
 /// A typed GGUF array. Numeric arrays are stored packed (one Rust value per file value) so that
@@ -151,6 +156,19 @@ pub enum GgufArray {
     I64(Vec<i64>),
     /// `float64[]`.
     F64(Vec<f64>),
+    /// `string[]` with at least one element that is not valid UTF-8: every element kept
+    /// verbatim (serialized lossily). Arrays whose strings are all UTF-8 are
+    /// [`GgufArray::String`].
+    #[serde(serialize_with = "lossy_vec")]
+    RawString(Vec<Vec<u8>>),
+}
+
+fn lossy<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(bytes))
+}
+
+fn lossy_vec<S: serde::Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|b| String::from_utf8_lossy(b)))
 }
 
 impl GgufValue {
@@ -165,7 +183,7 @@ impl GgufValue {
             GgufValue::I32(_) => GgufValueType::I32,
             GgufValue::F32(_) => GgufValueType::F32,
             GgufValue::Bool(_) => GgufValueType::Bool,
-            GgufValue::String(_) => GgufValueType::String,
+            GgufValue::String(_) | GgufValue::RawString(_) => GgufValueType::String,
             GgufValue::Array(_) => GgufValueType::Array,
             GgufValue::U64(_) => GgufValueType::U64,
             GgufValue::I64(_) => GgufValueType::I64,
@@ -201,11 +219,29 @@ impl GgufValue {
         }
     }
 
-    /// The value as a string slice, if it is a string.
+    /// The value as a string slice, if it is a string of valid UTF-8.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             GgufValue::String(s) => Some(s),
             _ => None,
+        }
+    }
+
+    /// The bytes of a string value, whether or not they are valid UTF-8.
+    pub fn as_str_bytes(&self) -> Option<&[u8]> {
+        match self {
+            GgufValue::String(s) => Some(s.as_bytes()),
+            GgufValue::RawString(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// A string value from raw bytes: [`GgufValue::String`] when they are UTF-8, else
+    /// [`GgufValue::RawString`].
+    pub fn from_str_bytes(bytes: Vec<u8>) -> GgufValue {
+        match String::from_utf8(bytes) {
+            Ok(s) => GgufValue::String(s),
+            Err(e) => GgufValue::RawString(e.into_bytes()),
         }
     }
 
@@ -238,7 +274,7 @@ impl GgufArray {
             GgufArray::I32(_) => GgufValueType::I32,
             GgufArray::F32(_) => GgufValueType::F32,
             GgufArray::Bool(_) => GgufValueType::Bool,
-            GgufArray::String(_) => GgufValueType::String,
+            GgufArray::String(_) | GgufArray::RawString(_) => GgufValueType::String,
             GgufArray::Array(_) => GgufValueType::Array,
             GgufArray::U64(_) => GgufValueType::U64,
             GgufArray::I64(_) => GgufValueType::I64,
@@ -262,6 +298,23 @@ impl GgufArray {
             GgufArray::U64(v) => v.len(),
             GgufArray::I64(v) => v.len(),
             GgufArray::F64(v) => v.len(),
+            GgufArray::RawString(v) => v.len(),
+        }
+    }
+
+    /// A string array from raw elements: [`GgufArray::String`] when every element is UTF-8,
+    /// else [`GgufArray::RawString`] with every element verbatim.
+    pub fn from_str_bytes(elems: Vec<Vec<u8>>) -> GgufArray {
+        if elems.iter().all(|b| std::str::from_utf8(b).is_ok()) {
+            // Every element was just checked, so the conversion cannot fail; `from_utf8`
+            // reuses each allocation.
+            let strings: Vec<String> = elems
+                .into_iter()
+                .filter_map(|b| String::from_utf8(b).ok())
+                .collect();
+            GgufArray::String(strings)
+        } else {
+            GgufArray::RawString(elems)
         }
     }
 

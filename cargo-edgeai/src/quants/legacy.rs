@@ -188,33 +188,201 @@ pub(super) fn quantize_row_q4_0(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
         }
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    simd::q4_0_row(x, y);
+    #[cfg(not(target_arch = "x86_64"))]
     for (xb, yb) in blocks::<18>(x, y) {
-        let (amax, finite) = absmax_lanes(xb);
-        let max = if finite {
-            first_with_abs(xb, amax)
-        } else {
-            signed_absmax(xb)
-        };
-        let d = max / -8.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        write_f16(&mut yb[..2], d);
-        if finite && id.is_finite() {
-            // All x*id are in [-8, 8]: the plain truncating cast equals cvttss2si here.
-            let mut q = [0u8; QK];
-            for (q, &v) in q.iter_mut().zip(xb) {
-                *q = trunc_small(v * id + 8.5).min(15) as u8;
-            }
-            for j in 0..16 {
-                yb[2 + j] = q[j] | (q[j + 16] << 4);
-            }
-            continue;
+        q4_0_block_scalar(xb, yb);
+    }
+}
+
+/// Q4_0 rows with the portable block code only (the tests compare it with the SSE2 one).
+#[cfg(test)]
+pub(super) fn quantize_row_q4_0_scalar(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    if qw.is_some() {
+        return quantize_row_q4_0(x, qw, y);
+    }
+    for (xb, yb) in blocks::<18>(x, y) {
+        q4_0_block_scalar(xb, yb);
+    }
+}
+
+/// One `quantize_row_q4_0_ref` block, portable Rust.
+#[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code))]
+#[inline(always)]
+fn q4_0_block_scalar(xb: &[f32; QK], yb: &mut [u8; 18]) {
+    let (amax, finite) = absmax_lanes(xb);
+    let max = if finite {
+        first_with_abs(xb, amax)
+    } else {
+        signed_absmax(xb)
+    };
+    let d = max / -8.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    write_f16(&mut yb[..2], d);
+    if finite && id.is_finite() {
+        // All x*id are in [-8, 8]: the plain truncating cast equals cvttss2si here.
+        let mut q = [0u8; QK];
+        for (q, &v) in q.iter_mut().zip(xb) {
+            *q = trunc_small(v * id + 8.5).min(15) as u8;
         }
         for j in 0..16 {
-            let x0 = xb[j] * id;
-            let x1 = xb[j + 16] * id;
-            let xi0 = to_i8_min(x0 + 8.5, 15);
-            let xi1 = to_i8_min(x1 + 8.5, 15);
-            yb[2 + j] = xi0 | (xi1 << 4);
+            yb[2 + j] = q[j] | (q[j + 16] << 4);
+        }
+        return;
+    }
+    for j in 0..16 {
+        let x0 = xb[j] * id;
+        let x1 = xb[j + 16] * id;
+        let xi0 = to_i8_min(x0 + 8.5, 15);
+        let xi1 = to_i8_min(x1 + 8.5, 15);
+        yb[2 + j] = xi0 | (xi1 << 4);
+    }
+}
+
+/// SSE2 versions of the legacy block quantizers (SSE2 is part of the x86-64 baseline, so no
+/// run-time check is needed).
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::super::f16::write_f16;
+    use super::QK;
+    use std::arch::x86_64::*;
+
+    /// `quantize_row_q4_0_ref` on a row, four blocks per step: the four blocks are independent,
+    /// and interleaving them (with one `divps` for their four scales) hides the long latency
+    /// chain of a block (max -> d -> 1/d -> levels). Leftover blocks go one at a time.
+    #[inline(always)]
+    pub(super) fn q4_0_row(x: &[f32], y: &mut [u8]) {
+        let mut xs = x.chunks_exact(4 * QK);
+        let mut ys = y.chunks_exact_mut(4 * 18);
+        for (x4, y4) in (&mut xs).zip(&mut ys) {
+            // The blocks are loaded again for the levels (from L1): keeping all 32 vectors in
+            // registers would spill.
+            let m: [f32; 4] = std::array::from_fn(|b| signed_absmax(&load_block(&x4[QK * b..])));
+            // SAFETY: SSE2 is always present on x86-64.
+            let id = unsafe {
+                let max = _mm_setr_ps(m[0], m[1], m[2], m[3]);
+                let d = _mm_div_ps(max, _mm_set1_ps(-8.0));
+                let mut ds = [0f32; 4];
+                _mm_storeu_ps(ds.as_mut_ptr(), d);
+                for (b, &d) in ds.iter().enumerate() {
+                    write_f16(&mut y4[18 * b..18 * b + 2], d);
+                }
+                // `d ? 1.0f/d : 0.0f` (1/d of a zero lane is computed and then masked out).
+                let nz = _mm_cmpneq_ps(d, _mm_setzero_ps());
+                _mm_and_ps(nz, _mm_div_ps(_mm_set1_ps(1.0), d))
+            };
+            for (b, yb) in y4.chunks_exact_mut(18).enumerate() {
+                // SAFETY: SSE2; the shuffle only broadcasts lane b.
+                let idv = unsafe {
+                    match b {
+                        0 => _mm_shuffle_ps::<0x00>(id, id),
+                        1 => _mm_shuffle_ps::<0x55>(id, id),
+                        2 => _mm_shuffle_ps::<0xAA>(id, id),
+                        _ => _mm_shuffle_ps::<0xFF>(id, id),
+                    }
+                };
+                store_levels(&load_block(&x4[QK * b..]), idv, &mut yb[2..18]);
+            }
+        }
+        for (xb, yb) in xs
+            .remainder()
+            .chunks_exact(QK)
+            .zip(ys.into_remainder().chunks_exact_mut(18))
+        {
+            let v = load_block(xb);
+            let d = signed_absmax(&v) / -8.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            write_f16(&mut yb[..2], d);
+            // SAFETY: SSE2 is always present on x86-64.
+            store_levels(&v, unsafe { _mm_set1_ps(id) }, &mut yb[2..18]);
+        }
+    }
+
+    /// The 32 values of a block (`x` has at least 32).
+    #[inline(always)]
+    fn load_block(x: &[f32]) -> [__m128; 8] {
+        assert!(x.len() >= QK);
+        // SAFETY: SSE2; the eight unaligned loads read x[0..32], checked just above.
+        std::array::from_fn(|c| unsafe { _mm_loadu_ps(x.as_ptr().add(4 * c)) })
+    }
+
+    /// `max` of C's `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }` loop over a block.
+    /// Why it is exact:
+    /// * amax: `_mm_max_ps(a, acc)` returns `acc` when `a` is NaN, and every accumulator starts
+    ///   at +0, so NaNs are skipped exactly like C's `amax < fabsf(v)` test; the maximum of the
+    ///   remaining |v| does not depend on the order in which they are compared.
+    /// * max: C keeps the FIRST element whose |v| reaches the final amax (later equal ones fail
+    ///   the strict `<`). The lowest set bit of the `|v| == amax` mask is that element, and its
+    ///   sign bit picks `amax` or `-amax` (it is exactly one of them). With amax = 0 C keeps the
+    ///   initial +0 even when -0.0 values are present, hence the `amax > 0` condition.
+    #[inline(always)]
+    fn signed_absmax(v: &[__m128; 8]) -> f32 {
+        // SAFETY: SSE2 is always present on x86-64 (register-only operations).
+        unsafe {
+            let sign = _mm_set1_ps(-0.0);
+            let a: [__m128; 8] = std::array::from_fn(|c| _mm_andnot_ps(sign, v[c]));
+            let zero = _mm_setzero_ps();
+            let mut m0 = _mm_max_ps(a[0], zero);
+            let mut m1 = _mm_max_ps(a[1], zero);
+            m0 = _mm_max_ps(a[2], m0);
+            m1 = _mm_max_ps(a[3], m1);
+            m0 = _mm_max_ps(a[4], m0);
+            m1 = _mm_max_ps(a[5], m1);
+            m0 = _mm_max_ps(a[6], m0);
+            m1 = _mm_max_ps(a[7], m1);
+            // No NaN is left in m0, m1: the horizontal max is order independent.
+            let m = _mm_max_ps(m0, m1);
+            let m = _mm_max_ps(m, _mm_shuffle_ps::<0b01_00_11_10>(m, m));
+            let m = _mm_max_ps(m, _mm_shuffle_ps::<0b10_11_00_01>(m, m));
+            let amax = _mm_cvtss_f32(m);
+            let mut eq = 0u32;
+            let mut neg = 0u32;
+            for c in 0..8 {
+                eq |= (_mm_movemask_ps(_mm_cmpeq_ps(a[c], m)) as u32) << (4 * c);
+                neg |= (_mm_movemask_ps(v[c]) as u32) << (4 * c);
+            }
+            let first = eq & eq.wrapping_neg();
+            if amax > 0.0 && first & neg != 0 {
+                -amax
+            } else {
+                amax
+            }
+        }
+    }
+
+    /// `qs[j] = MIN(15, (int8_t)(x[j]*id + 8.5f)) | MIN(15, (int8_t)(x[j+16]*id + 8.5f)) << 4`
+    /// into `qs[0..16]`, `idv` holding `id` in every lane. Why it is exact:
+    /// * `x*id + 8.5f`: the same IEEE single-precision mul then add as C.
+    /// * `(int8_t)` of the float: `cvttps2dq` is the packed form of the `cvttss2si` that gcc
+    ///   emits (truncation, 0x80000000 for NaN and out-of-range), and the low byte is kept.
+    /// * `MIN(15, ...)` on the int8_t: a signed byte compare; then `xi0 | xi1 << 4` truncated to
+    ///   uint8_t, as the C stores do.
+    #[inline(always)]
+    fn store_levels(v: &[__m128; 8], idv: __m128, qs: &mut [u8]) {
+        assert!(qs.len() >= 16);
+        // SAFETY: SSE2 is always present on x86-64; the store writes qs[0..16], checked above.
+        unsafe {
+            let half = _mm_set1_ps(8.5);
+            let ff = _mm_set1_epi32(0xFF);
+            let t: [__m128i; 8] = std::array::from_fn(|c| {
+                _mm_and_si128(
+                    _mm_cvttps_epi32(_mm_add_ps(_mm_mul_ps(v[c], idv), half)),
+                    ff,
+                )
+            });
+            // 0..=255 in every lane: the saturating packs only narrow.
+            let lo = _mm_packus_epi16(_mm_packs_epi32(t[0], t[1]), _mm_packs_epi32(t[2], t[3]));
+            let hi = _mm_packus_epi16(_mm_packs_epi32(t[4], t[5]), _mm_packs_epi32(t[6], t[7]));
+            let f = _mm_set1_epi8(15);
+            let min15 = |b: __m128i| {
+                let gt = _mm_cmpgt_epi8(b, f);
+                _mm_or_si128(_mm_and_si128(gt, f), _mm_andnot_si128(gt, b))
+            };
+            let lo = min15(lo);
+            let hi = min15(hi);
+            let hi4 = _mm_and_si128(_mm_slli_epi16::<4>(hi), _mm_set1_epi8(0xF0u8 as i8));
+            _mm_storeu_si128(qs.as_mut_ptr().cast::<__m128i>(), _mm_or_si128(lo, hi4));
         }
     }
 }

@@ -424,6 +424,109 @@ fn bad_arguments_are_errors() {
     assert!(can_dequantize(GgmlType::IQ4_XS));
 }
 
+/// Rows that stress the exact-semantics corners of the SIMD paths: NaN, ±inf, -0.0, signed ties
+/// of the absolute maximum, exact grid values (rounding ties), subnormals, huge and tiny scales.
+fn special_row(rng: &mut Rng, n: usize) -> Vec<f32> {
+    const SPECIALS: [f32; 19] = [
+        f32::NAN,
+        -f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -0.0,
+        0.0,
+        1e-40,
+        -1e-40,
+        f32::MIN_POSITIVE,
+        f32::MAX,
+        -f32::MAX,
+        1e30,
+        -1e30,
+        65504.0,
+        1e-8,
+        0.5,
+        -0.5,
+        1.0,
+        -1.0,
+    ];
+    let mut x = vec![0f32; n];
+    for (bi, b) in x.chunks_mut(32).enumerate() {
+        let kind = rng.next_u64() % 13;
+        let sigma = 10f32.powf(rng.uniform() * 60.0 - 45.0);
+        for (j, v) in b.iter_mut().enumerate() {
+            let g = rng.gauss();
+            let pick = rng.next_u64();
+            *v = match kind {
+                0 => g * sigma,
+                1 if pick % 16 == 0 => SPECIALS[(pick >> 8) as usize % SPECIALS.len()],
+                1 => g * sigma,
+                // ±m ties for the maximum magnitude, in random order
+                2 if pick % 4 == 0 => {
+                    let m = ((pick >> 8) % 8) as f32 * 0.25;
+                    if (pick >> 16) % 2 == 0 {
+                        m
+                    } else {
+                        -m
+                    }
+                }
+                2 => g * 0.1,
+                3 => ((pick % 33) as f32 - 16.0) * 0.125,
+                4 if (j / 8) % 2 == 0 => 0.0,
+                4 => g * sigma,
+                5 => g * 1e-39,
+                6 if pick % 2 == 0 => -0.0,
+                6 => 0.0,
+                7 => (g * 4.0).round() * 0.5 + 0.25,
+                8 => g * 1e35,
+                9 if j == 7 => f32::NAN,
+                9 => g,
+                10 => g.abs() * sigma + bi as f32,
+                11 if j == 31 => -f32::INFINITY,
+                11 => g,
+                _ => {
+                    let m = (pick % 16) as f32;
+                    if (pick >> 8) % 2 == 0 {
+                        m
+                    } else {
+                        -m
+                    }
+                }
+            };
+        }
+    }
+    x
+}
+
+/// The dispatching quantizers (SSE2 intrinsics, AVX2 builds) give the same bytes as the
+/// portable baseline bodies, on random and on special rows, with and without an imatrix.
+#[test]
+fn quantize_rows_match_baseline() {
+    let mut rng = Rng(0x5eed);
+    let mut checked = 0;
+    for &ty in BLOCK_TYPES {
+        let Some(base) = baseline_row(ty) else {
+            continue;
+        };
+        checked += 1;
+        // 35 blocks for the 32-element types: batches of four blocks plus a remainder.
+        let n_per_row = if ty.block_size() == 32 { 1120 } else { 1024 };
+        for round in 0..48 {
+            let x = if round % 2 == 0 {
+                random_row(&mut rng, n_per_row)
+            } else {
+                special_row(&mut rng, n_per_row)
+            };
+            let imatrix: Vec<f32> = (0..n_per_row).map(|_| 0.1 + rng.uniform() * 4.0).collect();
+            for im in [None, Some(imatrix.as_slice())] {
+                let fast = quantize_vec(ty, &x, n_per_row, im);
+                let mut slow = vec![0u8; fast.len()];
+                base(&x, im, &mut slow);
+                assert!(fast == slow, "{ty} round {round} imatrix {}", im.is_some());
+            }
+        }
+    }
+    assert!(checked >= 4);
+}
+
 /// Single-thread throughput on 64 MB of gaussian f32 (run with
 /// `cargo test --release -p cargo-edgeai --lib quants::tests::throughput -- --ignored --nocapture`).
 #[test]
@@ -439,6 +542,7 @@ fn throughput() {
         GgmlType::Q4_K,
         GgmlType::Q6_K,
         GgmlType::Q5_K,
+        GgmlType::Q3_K,
         GgmlType::Q4_1,
     ] {
         // EDGEAI_BENCH_TYPES=Q4_0,Q6_K restricts the run to those types.

@@ -1,0 +1,1911 @@
+//! `cargo edgeai quantize` / `dequantize`: llama-quantize, ported so that the output file is
+//! byte-identical to what llama.cpp writes for the same input and options.
+//!
+//! The reference is llama.cpp as vendored in the PyPI sdist of llama-cpp-python 0.3.36
+//! (`src/llama-quant.cpp`, `tools/quantize/quantize.cpp`, `common/imatrix-loader.cpp`). This
+//! module ports:
+//!
+//! * the file types (`--type`) and their `general.file_type` ids ([`FileType`]);
+//! * the per-tensor type choice (`tensor_allows_quantization`, `llama_tensor_get_type`,
+//!   `llama_tensor_get_type_impl`, `tensor_type_fallback`) in [`TypeChooser`]; the planner
+//!   ([`crate::quant::gguf_tensor_type`]) uses the same code for its size estimates;
+//! * `--tensor-type REGEX=TYPE` overrides (a pattern that matches no tensor is an error here,
+//!   where llama.cpp silently ignores it);
+//! * importance matrices in the GGUF format and the legacy `.dat` format ([`Imatrix`]);
+//! * the output layout: tensors sorted by layer number then name, the input's metadata in its
+//!   order with `general.quantization_version` and `general.file_type` moved to the end, split
+//!   keys removed, the `quantize.imatrix.*` keys appended, data aligned to 32 bytes;
+//! * the driver: rows are converted to f32 (F32/F16/BF16 input, or dequantized quantized input
+//!   with `--allow-requantize`) and quantized chunk by chunk on N threads, and tensors are
+//!   streamed to the output in order, so memory holds a few tensors, never the model.
+//!
+//! The quantizers themselves are [`crate::quants`] (bit-exact ports of ggml's).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use regex::Regex;
+use serde::Serialize;
+
+use crate::gguf::{
+    split_metadata, split_paths, GgmlType, GgufArray, GgufHeader, GgufModel, GgufTensorInfo,
+    GgufValue, GgufWriter, TensorSpec, DEFAULT_ALIGNMENT, KEY_SPLIT_COUNT, KEY_SPLIT_NO,
+    KEY_SPLIT_TENSORS_COUNT,
+};
+use crate::quants;
+use crate::{Error, Result};
+
+/// `GGML_QNT_VERSION`, written as `general.quantization_version`.
+pub const GGML_QNT_VERSION: u32 = 2;
+/// GGUF version llama.cpp writes.
+pub const GGUF_VERSION: u32 = 3;
+/// Metadata key `general.file_type`.
+pub const KEY_FILE_TYPE: &str = "general.file_type";
+/// Metadata key `general.quantization_version`.
+pub const KEY_QUANTIZATION_VERSION: &str = "general.quantization_version";
+const KEY_IMATRIX_FILE: &str = "quantize.imatrix.file";
+const KEY_IMATRIX_DATASET: &str = "quantize.imatrix.dataset";
+const KEY_IMATRIX_N_ENTRIES: &str = "quantize.imatrix.entries_count";
+const KEY_IMATRIX_N_CHUNKS: &str = "quantize.imatrix.chunks_count";
+
+const HELP_BUILD: &str = "this file cannot be quantized by cargo-edgeai as it is; llama-quantize from llama.cpp may handle it";
+
+// ---- file types ------------------------------------------------------------------------------
+
+/// A llama-quantize file type (`--type`): the mixture name and its `enum llama_ftype` id,
+/// written as `general.file_type`.
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum FileType {
+    /// All tensors F32 (`LLAMA_FTYPE_ALL_F32`, 0).
+    F32,
+    /// F16 (`MOSTLY_F16`, 1).
+    F16,
+    /// BF16 (`MOSTLY_BF16`, 32).
+    BF16,
+    /// Q8_0 (7).
+    Q8_0,
+    /// Q4_0 (2).
+    Q4_0,
+    /// Q4_1 (3).
+    Q4_1,
+    /// Q5_0 (8).
+    Q5_0,
+    /// Q5_1 (9).
+    Q5_1,
+    /// Q2_K mixture (10).
+    Q2_K,
+    /// Q2_K_S mixture (21); needs an importance matrix.
+    Q2_K_S,
+    /// Q3_K_S (11).
+    Q3_K_S,
+    /// Q3_K_M (12).
+    Q3_K_M,
+    /// Q3_K_L (13).
+    Q3_K_L,
+    /// Q4_K_S (14).
+    Q4_K_S,
+    /// Q4_K_M (15).
+    Q4_K_M,
+    /// Q5_K_S (16).
+    Q5_K_S,
+    /// Q5_K_M (17).
+    Q5_K_M,
+    /// Q6_K (18).
+    Q6_K,
+    /// IQ4_NL (25).
+    IQ4_NL,
+    /// MXFP4 for MoE expert tensors, Q8_0 elsewhere (38).
+    MXFP4_MOE,
+}
+
+impl FileType {
+    /// Every supported file type, in llama-quantize's listing order.
+    pub const ALL: [FileType; 20] = [
+        FileType::Q4_0,
+        FileType::Q4_1,
+        FileType::MXFP4_MOE,
+        FileType::Q5_0,
+        FileType::Q5_1,
+        FileType::Q2_K,
+        FileType::Q2_K_S,
+        FileType::Q3_K_S,
+        FileType::Q3_K_M,
+        FileType::Q3_K_L,
+        FileType::IQ4_NL,
+        FileType::Q4_K_S,
+        FileType::Q4_K_M,
+        FileType::Q5_K_S,
+        FileType::Q5_K_M,
+        FileType::Q6_K,
+        FileType::Q8_0,
+        FileType::F16,
+        FileType::BF16,
+        FileType::F32,
+    ];
+
+    /// The name llama-quantize prints and accepts ("Q4_K_M").
+    pub fn name(self) -> &'static str {
+        match self {
+            FileType::F32 => "F32",
+            FileType::F16 => "F16",
+            FileType::BF16 => "BF16",
+            FileType::Q8_0 => "Q8_0",
+            FileType::Q4_0 => "Q4_0",
+            FileType::Q4_1 => "Q4_1",
+            FileType::Q5_0 => "Q5_0",
+            FileType::Q5_1 => "Q5_1",
+            FileType::Q2_K => "Q2_K",
+            FileType::Q2_K_S => "Q2_K_S",
+            FileType::Q3_K_S => "Q3_K_S",
+            FileType::Q3_K_M => "Q3_K_M",
+            FileType::Q3_K_L => "Q3_K_L",
+            FileType::Q4_K_S => "Q4_K_S",
+            FileType::Q4_K_M => "Q4_K_M",
+            FileType::Q5_K_S => "Q5_K_S",
+            FileType::Q5_K_M => "Q5_K_M",
+            FileType::Q6_K => "Q6_K",
+            FileType::IQ4_NL => "IQ4_NL",
+            FileType::MXFP4_MOE => "MXFP4_MOE",
+        }
+    }
+
+    /// The `enum llama_ftype` id, written as `general.file_type`.
+    pub fn id(self) -> u32 {
+        match self {
+            FileType::F32 => 0,
+            FileType::F16 => 1,
+            FileType::Q4_0 => 2,
+            FileType::Q4_1 => 3,
+            FileType::Q8_0 => 7,
+            FileType::Q5_0 => 8,
+            FileType::Q5_1 => 9,
+            FileType::Q2_K => 10,
+            FileType::Q3_K_S => 11,
+            FileType::Q3_K_M => 12,
+            FileType::Q3_K_L => 13,
+            FileType::Q4_K_S => 14,
+            FileType::Q4_K_M => 15,
+            FileType::Q5_K_S => 16,
+            FileType::Q5_K_M => 17,
+            FileType::Q6_K => 18,
+            FileType::Q2_K_S => 21,
+            FileType::IQ4_NL => 25,
+            FileType::BF16 => 32,
+            FileType::MXFP4_MOE => 38,
+        }
+    }
+
+    /// The tensor type most tensors get (`llama_ftype_get_default_type`).
+    pub fn default_type(self) -> GgmlType {
+        match self {
+            FileType::F32 => GgmlType::F32,
+            FileType::F16 => GgmlType::F16,
+            FileType::BF16 => GgmlType::BF16,
+            FileType::Q8_0 => GgmlType::Q8_0,
+            FileType::Q4_0 => GgmlType::Q4_0,
+            FileType::Q4_1 => GgmlType::Q4_1,
+            FileType::Q5_0 => GgmlType::Q5_0,
+            FileType::Q5_1 => GgmlType::Q5_1,
+            FileType::Q2_K | FileType::Q2_K_S => GgmlType::Q2_K,
+            FileType::Q3_K_S | FileType::Q3_K_M | FileType::Q3_K_L => GgmlType::Q3_K,
+            FileType::Q4_K_S | FileType::Q4_K_M => GgmlType::Q4_K,
+            FileType::Q5_K_S | FileType::Q5_K_M => GgmlType::Q5_K,
+            FileType::Q6_K => GgmlType::Q6_K,
+            FileType::IQ4_NL => GgmlType::IQ4_NL,
+            FileType::MXFP4_MOE => GgmlType::MXFP4,
+        }
+    }
+
+    /// Parse a `--type` value as llama-quantize does: a name (case-insensitive, with the
+    /// aliases Q3_K, Q4_K, Q5_K for the _M mixtures) or a numeric `llama_ftype` id.
+    pub fn parse(s: &str) -> Option<FileType> {
+        let upper = s.trim().to_ascii_uppercase();
+        let alias = match upper.as_str() {
+            "Q3_K" => Some(FileType::Q3_K_M),
+            "Q4_K" => Some(FileType::Q4_K_M),
+            "Q5_K" => Some(FileType::Q5_K_M),
+            _ => None,
+        };
+        alias
+            .or_else(|| FileType::ALL.into_iter().find(|t| t.name() == upper))
+            .or_else(|| {
+                let id: u32 = upper.parse().ok()?;
+                FileType::ALL.into_iter().find(|t| t.id() == id)
+            })
+    }
+
+    /// "Q4_0, Q4_1, ..." for error messages.
+    pub fn valid_names() -> String {
+        let mut names: Vec<&str> = FileType::ALL.iter().map(|t| t.name()).collect();
+        names.extend(["Q3_K", "Q4_K", "Q5_K"]);
+        names.join(", ")
+    }
+}
+
+impl std::fmt::Display for FileType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Parse a ggml tensor type name (`--output-tensor-type q8_0`), case-insensitive.
+pub fn parse_ggml_type(s: &str, flag: &str) -> Result<GgmlType> {
+    GgmlType::from_name(s.trim()).ok_or_else(|| {
+        let known: Vec<&str> = GgmlType::ALL
+            .iter()
+            .filter(|t| quants::can_quantize(**t))
+            .map(|t| t.name())
+            .collect();
+        Error::Usage {
+            message: format!("{flag}: unknown tensor type `{s}`"),
+            help: format!("use one of {}", known.join(", ")),
+        }
+    })
+}
+
+// ---- tensor categories and the per-tensor type choice ----------------------------------------
+
+/// llama.cpp's broad tensor categories (`enum tensor_category`), from the GGUF tensor name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    /// `token_embd.weight`, `per_layer_token_embd.weight`.
+    TokenEmbd,
+    /// `attn_q.weight`.
+    AttnQ,
+    /// `attn_v.weight`.
+    AttnV,
+    /// `attn_k.weight`.
+    AttnK,
+    /// `attn_qkv.weight`.
+    AttnQkv,
+    /// `attn_kv_b.weight`.
+    AttnKvB,
+    /// `attn_output.weight`.
+    AttnOutput,
+    /// `ffn_up*`.
+    FfnUp,
+    /// `ffn_gate*`.
+    FfnGate,
+    /// `ffn_down*`.
+    FfnDown,
+    /// `output.weight`.
+    Output,
+    /// Everything else.
+    Other,
+}
+
+impl Category {
+    /// `tensor_get_category`.
+    pub fn of(name: &str) -> Category {
+        if name == "output.weight" {
+            Category::Output
+        } else if name == "token_embd.weight" || name == "per_layer_token_embd.weight" {
+            Category::TokenEmbd
+        } else if name.contains("attn_qkv.weight") {
+            Category::AttnQkv
+        } else if name.contains("attn_kv_b.weight") {
+            Category::AttnKvB
+        } else if name.contains("attn_v.weight") {
+            Category::AttnV
+        } else if name.contains("attn_k.weight") {
+            Category::AttnK
+        } else if name.contains("attn_q.weight") {
+            Category::AttnQ
+        } else if name.contains("attn_output.weight") {
+            Category::AttnOutput
+        } else if name.contains("ffn_up") {
+            Category::FfnUp
+        } else if name.contains("ffn_gate") {
+            Category::FfnGate
+        } else if name.contains("ffn_down") {
+            Category::FfnDown
+        } else {
+            Category::Other
+        }
+    }
+
+    /// `category_is_attn_v`.
+    fn is_attn_v(self) -> bool {
+        matches!(
+            self,
+            Category::AttnV | Category::AttnQkv | Category::AttnKvB
+        )
+    }
+}
+
+/// `ggml_n_dims`: dimensions up to the last one larger than 1 (at least 1).
+pub fn ggml_n_dims(ne: &[u64]) -> usize {
+    ne.iter().rposition(|&d| d > 1).map_or(1, |i| i + 1)
+}
+
+/// llama.cpp's `use_more_bits`: the first and last eighth of the layers and every third in
+/// between.
+pub fn use_more_bits(i_layer: i64, n_layers: i64) -> bool {
+    i_layer < n_layers / 8
+        || i_layer >= 7 * n_layers / 8
+        || (i_layer - n_layers / 8).rem_euclid(3) == 2
+}
+
+/// The layer number llama.cpp parses with `sscanf(name, "blk.%d.", &il)`.
+pub fn blk_layer(name: &str) -> Option<i64> {
+    let rest = name.strip_prefix("blk.")?.trim_start();
+    let (sign, digits) = match rest.as_bytes().first() {
+        Some(b'-') => (-1, &rest[1..]),
+        Some(b'+') => (1, &rest[1..]),
+        _ => (1, rest),
+    };
+    let end = digits
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse::<i64>().ok().map(|v| sign * v)
+}
+
+/// The order of llama.cpp's `weights_map` (`weight_name_comparer`): layer number (-1 for
+/// tensors outside `blk.N.`), then name bytewise.
+pub fn weight_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let la = blk_layer(a).unwrap_or(-1);
+    let lb = blk_layer(b).unwrap_or(-1);
+    la.cmp(&lb).then_with(|| a.as_bytes().cmp(b.as_bytes()))
+}
+
+/// `tensor_allows_quantization` (for the architectures this crate targets; the glm5-next
+/// exclusions are included).
+pub fn tensor_allows_quantization(
+    name: &str,
+    ne: &[u64],
+    arch: &str,
+    quantize_output_tensor: bool,
+) -> bool {
+    if ggml_n_dims(ne) < 2 {
+        return false;
+    }
+    let has = |s: &str| name.contains(s);
+    let mut q = name.ends_with("weight");
+    q &= !has("_norm.weight");
+    q &= quantize_output_tensor || name != "output.weight";
+    q &= !has("ffn_gate_inp.weight");
+    q &= !has("ffn_gate_tid2eid.weight");
+    q &= !has("altup");
+    q &= !has("laurel");
+    q &= !has("per_layer_model_proj");
+    q &= name != "position_embd.weight";
+    q &= name != "token_types.weight";
+    q &= !has("ssm_conv1d");
+    q &= !has("shortconv.conv.weight");
+    q &= !has("indexer.k_proj.weight");
+    q &= !has("indexer.q_proj.weight");
+    if arch == "glm5-next" {
+        for s in [
+            "hc_",
+            "indexer.attn_q_b",
+            "indexer.attn_k",
+            "indexer.proj",
+            "indexer_compressor_gate",
+            "indexer_compressor_ape",
+            "ssm_f_a.weight",
+            "ssm_f_b.weight",
+            "ssm_g_a.weight",
+            "ssm_g_b.weight",
+            "ssm_beta.weight",
+            "attn_kv_a_mqa.weight",
+            "attn_k_b.weight",
+            "attn_v_b.weight",
+        ] {
+            q &= !has(s);
+        }
+    }
+    for s in [
+        "time_mix_first.weight",
+        "time_mix_w0.weight",
+        "time_mix_w1.weight",
+        "time_mix_w2.weight",
+        "time_mix_v0.weight",
+        "time_mix_v1.weight",
+        "time_mix_v2.weight",
+        "time_mix_a0.weight",
+        "time_mix_a1.weight",
+        "time_mix_a2.weight",
+        "time_mix_g1.weight",
+        "time_mix_g2.weight",
+        "time_mix_decay_w1.weight",
+        "time_mix_decay_w2.weight",
+        "time_mix_lerp_fused.weight",
+        "attn_rel_b.weight",
+        ".position_embd",
+        "sam.pos_embd",
+        "sam.neck.",
+        "sam.net_",
+        ".rel_pos",
+        ".patch_embd",
+        ".patch_merger",
+        "a.rvq.codebook",
+        "mm.a.code_embd",
+    ] {
+        q &= !has(s);
+    }
+    q
+}
+
+/// The model hyper-parameters the type choice depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelParams {
+    /// `general.architecture`.
+    pub arch: String,
+    /// `{arch}.block_count` (`n_layer_all`).
+    pub n_layer: i64,
+    /// Attention heads of layer 0.
+    pub n_head: u64,
+    /// KV heads of layer 0.
+    pub n_head_kv: u64,
+    /// `{arch}.expert_count` (0 for dense models).
+    pub n_expert: u64,
+}
+
+impl ModelParams {
+    /// Read from GGUF metadata, as llama.cpp's `load_hparams` does for these fields.
+    pub fn from_header(header: &GgufHeader, path: &Path) -> Result<ModelParams> {
+        let arch = header.architecture().unwrap_or("").to_string();
+        if arch.is_empty() {
+            return Err(Error::model(
+                path,
+                "GGUF file has no general.architecture; llama-quantize needs it",
+                HELP_BUILD,
+            ));
+        }
+        let first = |key: &str| -> Option<u64> {
+            match header.get(&format!("{arch}.{key}"))? {
+                GgufValue::Array(a) => a.to_u64_vec()?.first().copied(),
+                v => v.as_u64(),
+            }
+        };
+        let n_layer = first("block_count").filter(|&n| n > 0).ok_or_else(|| {
+            Error::model(
+                path,
+                format!("GGUF file has no {arch}.block_count; llama-quantize needs it"),
+                HELP_BUILD,
+            )
+        })?;
+        let n_head = first("attention.head_count").unwrap_or(0);
+        let n_head_kv = first("attention.head_count_kv").unwrap_or(n_head);
+        let n_expert = first("expert_count").unwrap_or(0);
+        Ok(ModelParams {
+            arch,
+            n_layer: i64::try_from(n_layer).unwrap_or(i64::MAX),
+            n_head,
+            n_head_kv,
+            n_expert,
+        })
+    }
+
+    /// `hparams.n_gqa()` of layer 0.
+    pub fn n_gqa(&self) -> u64 {
+        self.n_head.checked_div(self.n_head_kv).unwrap_or(0)
+    }
+
+    /// Whether llama.cpp classifies the model as `LLM_TYPE_70B` (the only model type the
+    /// mixtures look at).
+    pub fn is_70b(&self) -> bool {
+        match self.arch.as_str() {
+            "llama" => self.n_layer == 80 && self.n_head != self.n_head_kv,
+            "qwen2" | "deci" | "olmo" => self.n_layer == 80,
+            "jais2" => self.n_layer == 68,
+            _ => false,
+        }
+    }
+}
+
+/// The user's knobs of the type choice.
+#[derive(Debug, Clone, Default)]
+pub struct TypeOptions {
+    /// `--output-tensor-type`.
+    pub output_tensor_type: Option<GgmlType>,
+    /// `--token-embedding-type`.
+    pub token_embedding_type: Option<GgmlType>,
+    /// `--pure`: no mixture, every quantizable tensor gets the default type (then fallbacks).
+    pub pure: bool,
+    /// `--leave-output-tensor` clears this.
+    pub quantize_output_tensor: bool,
+    /// `--tensor-type` overrides: (pattern as given, compiled lower-cased, type).
+    pub overrides: Vec<TensorTypeOverride>,
+    /// Whether an importance matrix is given (changes a few Q4_0/Q5_0/IQ4_NL choices).
+    pub has_imatrix: bool,
+}
+
+/// One `--tensor-type REGEX=TYPE`.
+#[derive(Debug, Clone)]
+pub struct TensorTypeOverride {
+    /// The argument as given.
+    pub arg: String,
+    /// The pattern, lower-cased as llama-quantize does, searched anywhere in the name.
+    pub regex: Regex,
+    /// The type.
+    pub ty: GgmlType,
+}
+
+impl TensorTypeOverride {
+    /// Parse `REGEX=TYPE` (split at the first `=`).
+    pub fn parse(arg: &str) -> Result<TensorTypeOverride> {
+        let usage = |message: String| {
+            Error::Usage {
+            message,
+            help: "write --tensor-type REGEX=TYPE, e.g. --tensor-type 'attn_v=q8_0' or --tensor-type 'blk\\.[0-3]\\.ffn_down=q6_k'".into(),
+        }
+        };
+        let Some((pattern, ty)) = arg.split_once('=') else {
+            return Err(usage(format!("--tensor-type `{arg}`: missing `=TYPE`")));
+        };
+        if pattern.is_empty() {
+            return Err(usage(format!(
+                "--tensor-type `{arg}`: missing tensor name pattern"
+            )));
+        }
+        if ty.is_empty() {
+            return Err(usage(format!("--tensor-type `{arg}`: missing tensor type")));
+        }
+        let ty = parse_ggml_type(ty, "--tensor-type")?;
+        let regex = Regex::new(&pattern.to_lowercase()).map_err(|e| {
+            usage(format!(
+                "--tensor-type `{arg}`: invalid regular expression: {e}"
+            ))
+        })?;
+        Ok(TensorTypeOverride {
+            arg: arg.to_string(),
+            regex,
+            ty,
+        })
+    }
+}
+
+/// The state llama-quantize keeps while it walks the tensors (`quantize_state_impl`), and the
+/// type choice itself. Feed it every tensor in [`weight_order`] through [`TypeChooser::choose`].
+#[derive(Debug, Clone)]
+pub struct TypeChooser {
+    ftype: FileType,
+    model: ModelParams,
+    opts: TypeOptions,
+    n_attention_wv: i64,
+    n_ffn_down: i64,
+    n_ffn_gate: i64,
+    n_ffn_up: i64,
+    i_attention_wv: i64,
+    i_ffn_down: i64,
+    i_ffn_gate: i64,
+    i_ffn_up: i64,
+    /// Tensors whose row length forced a fallback type.
+    pub n_fallback: usize,
+    has_tied_embeddings: bool,
+}
+
+impl TypeChooser {
+    /// Counters for `names` (all tensors of the model), as `init_quantize_state_counters`.
+    pub fn new<'a>(
+        ftype: FileType,
+        model: ModelParams,
+        opts: TypeOptions,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> TypeChooser {
+        let mut n_attention_wv = 0;
+        let mut has_tied_embeddings = true;
+        for name in names {
+            let cat = Category::of(name);
+            if cat.is_attn_v() {
+                n_attention_wv += 1;
+            }
+            if cat == Category::Output {
+                has_tied_embeddings = false;
+            }
+        }
+        let n = model.n_layer;
+        TypeChooser {
+            ftype,
+            model,
+            opts,
+            n_attention_wv,
+            n_ffn_down: n,
+            n_ffn_gate: n,
+            n_ffn_up: n,
+            i_attention_wv: 0,
+            i_ffn_down: 0,
+            i_ffn_gate: 0,
+            i_ffn_up: 0,
+            n_fallback: 0,
+            has_tied_embeddings,
+        }
+    }
+
+    /// Whether the model has no `output.weight` (the token embedding doubles as output).
+    pub fn has_tied_embeddings(&self) -> bool {
+        self.has_tied_embeddings
+    }
+
+    /// Whether llama-quantize would quantize this tensor at all.
+    pub fn allows_quantization(&self, name: &str, ne: &[u64]) -> bool {
+        tensor_allows_quantization(name, ne, &self.model.arch, self.opts.quantize_output_tensor)
+    }
+
+    /// `llama_tensor_get_type`: the type tensor `name` (shape `ne`, ggml order, stored as
+    /// `cur`) is written in. Call once per tensor, in [`weight_order`].
+    pub fn choose(&mut self, name: &str, ne: &[u64], cur: GgmlType) -> Result<GgmlType> {
+        if !self.allows_quantization(name, ne) {
+            return Ok(cur);
+        }
+        let category = Category::of(name);
+        if let Some(t) = self.opts.token_embedding_type {
+            if category == Category::TokenEmbd {
+                let named = name == "per_layer_token_embd.weight"
+                    && self.opts.overrides.iter().any(|o| o.regex.is_match(name));
+                if !named {
+                    return Ok(t);
+                }
+            }
+        }
+        if let Some(t) = self.opts.output_tensor_type {
+            if category == Category::Output {
+                return Ok(t);
+            }
+        }
+        let default_type = self.ftype.default_type();
+        let mut new_type = default_type;
+        if default_type.is_quantized() {
+            let manual = self.opts.overrides.iter().find(|o| o.regex.is_match(name));
+            if let Some(o) = manual {
+                new_type = o.ty;
+            } else if !self.opts.pure {
+                new_type = self.mixture(new_type, name, ne, category)?;
+            }
+            new_type = self.fallback(name, ne, new_type)?;
+        }
+        Ok(new_type)
+    }
+
+    /// `layer_info`: the layer index for the FFN rules.
+    fn layer_info(&self, i_layer: i64, n_layer: i64, name: &str) -> Result<(i64, i64)> {
+        if self.model.n_expert > 1 {
+            let Some(il) = blk_layer(name) else {
+                return Err(Error::Usage {
+                    message: format!("failed to determine layer for tensor {name}"),
+                    help: HELP_BUILD.into(),
+                });
+            };
+            if il < 0 || il >= n_layer {
+                return Err(Error::Usage {
+                    message: format!("bad layer {il} for tensor {name}; must be in [0, {n_layer})"),
+                    help: HELP_BUILD.into(),
+                });
+            }
+            return Ok((il, n_layer));
+        }
+        Ok((i_layer, n_layer))
+    }
+
+    /// `llama_tensor_get_type_impl` for the file types of [`FileType`] (the i-quant mixtures'
+    /// branches cannot be reached and are left out).
+    fn mixture(
+        &mut self,
+        mut new_type: GgmlType,
+        name: &str,
+        ne: &[u64],
+        category: Category,
+    ) -> Result<GgmlType> {
+        use FileType as F;
+        use GgmlType as G;
+        let ftype = self.ftype;
+        let arch = self.model.arch.as_str();
+        let falcon = arch == "falcon";
+        let n_gqa = self.model.n_gqa();
+        let n_expert = self.model.n_expert;
+
+        if arch == "glm5-next"
+            && (name.contains("attn_q_a")
+                || name.contains("attn_q_b")
+                || name.contains("nextn.eh_proj"))
+            && !matches!(new_type, G::F32 | G::BF16 | G::F16)
+        {
+            return Ok(G::Q8_0);
+        }
+
+        if category == Category::Output
+            || (self.has_tied_embeddings && category == Category::TokenEmbd)
+        {
+            if let Some(t) = self.opts.output_tensor_type {
+                new_type = t;
+            } else {
+                let nx = ne.first().copied().unwrap_or(0);
+                let qk_k = new_type.block_size();
+                if ftype == F::MXFP4_MOE || falcon || nx % qk_k != 0 {
+                    new_type = G::Q8_0;
+                } else if new_type != G::Q8_0 {
+                    new_type = G::Q6_K;
+                }
+            }
+        } else if ftype == F::MXFP4_MOE {
+            let bailing = arch == "bailingmoe3";
+            let bailing_expert = bailing
+                && matches!(
+                    category,
+                    Category::FfnUp | Category::FfnGate | Category::FfnDown
+                );
+            let ne2 = ne.get(2).copied().unwrap_or(1);
+            new_type = if ne2 > 1 && (!bailing || bailing_expert) {
+                G::MXFP4
+            } else {
+                G::Q8_0
+            };
+        } else if category == Category::TokenEmbd {
+            if let Some(t) = self.opts.token_embedding_type {
+                new_type = t;
+            }
+        } else if category.is_attn_v() {
+            let i = self.i_attention_wv;
+            let n = self.n_attention_wv;
+            match ftype {
+                F::Q2_K => new_type = if n_gqa >= 4 { G::Q4_K } else { G::Q3_K },
+                F::Q2_K_S if n_gqa >= 4 => new_type = G::Q4_K,
+                F::Q3_K_M => new_type = if i < 2 { G::Q5_K } else { G::Q4_K },
+                F::Q3_K_L => new_type = G::Q5_K,
+                F::IQ4_NL if n_gqa >= 4 => new_type = G::Q5_K,
+                F::Q4_K_M | F::Q5_K_M if use_more_bits(i, n) => new_type = G::Q6_K,
+                F::Q4_K_S if i < 4 => new_type = G::Q5_K,
+                _ => {}
+            }
+            if self.model.is_70b() && matches!(new_type, G::Q3_K | G::Q4_K) {
+                new_type = G::Q5_K;
+            }
+            if n_expert == 8 {
+                new_type = G::Q8_0;
+            }
+            self.i_attention_wv += 1;
+        } else if category == Category::AttnK {
+            if n_expert == 8 {
+                new_type = G::Q8_0;
+            }
+        } else if category == Category::AttnQ {
+            // Only the i-quant mixtures change attn_q.
+        } else if category == Category::FfnDown {
+            let (i, n) = self.layer_info(self.i_ffn_down, self.n_ffn_down, name)?;
+            let has_imatrix = self.opts.has_imatrix;
+            match ftype {
+                F::Q2_K => new_type = G::Q3_K,
+                // (Later arms name other file types, so a failed guard changes nothing, as the
+                // nested `if` in llama.cpp.)
+                F::Q2_K_S if i < n / 8 => new_type = G::Q4_K,
+                F::Q3_K_M => {
+                    new_type = if i < n / 16 {
+                        G::Q5_K
+                    } else if !falcon || use_more_bits(i, n) {
+                        G::Q4_K
+                    } else {
+                        G::Q3_K
+                    }
+                }
+                F::Q3_K_L => new_type = if falcon { G::Q4_K } else { G::Q5_K },
+                F::Q4_K_M => {
+                    if falcon {
+                        new_type = if i < n / 16 {
+                            G::Q6_K
+                        } else if use_more_bits(i, n) {
+                            G::Q5_K
+                        } else {
+                            G::Q4_K
+                        };
+                    } else if use_more_bits(i, n) {
+                        new_type = G::Q6_K;
+                    }
+                }
+                F::IQ4_NL if i < n / 8 && !has_imatrix => new_type = G::Q5_K,
+                F::Q5_K_M if use_more_bits(i, n) => new_type = G::Q6_K,
+                F::Q4_K_S if !falcon && i < n / 8 => new_type = G::Q5_K,
+                F::Q4_0 if has_imatrix && i < n / 8 => new_type = G::Q4_1,
+                F::Q5_0 if has_imatrix && i < n / 8 => new_type = G::Q5_1,
+                _ => {}
+            }
+            self.i_ffn_down += 1;
+        } else if category == Category::AttnOutput {
+            if !falcon {
+                if n_expert == 8 {
+                    if matches!(
+                        ftype,
+                        F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::IQ4_NL | F::Q4_K_S | F::Q4_K_M
+                    ) {
+                        new_type = G::Q5_K;
+                    }
+                } else {
+                    match ftype {
+                        F::Q2_K => new_type = G::Q3_K,
+                        F::Q3_K_M => new_type = G::Q4_K,
+                        F::Q3_K_L => new_type = G::Q5_K,
+                        _ => {}
+                    }
+                }
+            } else if ftype == F::Q3_K_L {
+                new_type = G::Q4_K;
+            }
+        } else if category == Category::AttnQkv {
+            match ftype {
+                F::Q3_K_M | F::Q3_K_L => new_type = G::Q4_K,
+                F::Q4_K_M => new_type = G::Q5_K,
+                F::Q5_K_M => new_type = G::Q6_K,
+                _ => {}
+            }
+        } else if category == Category::FfnGate {
+            self.layer_info(self.i_ffn_gate, self.n_ffn_gate, name)?;
+            self.i_ffn_gate += 1;
+        } else if category == Category::FfnUp {
+            self.layer_info(self.i_ffn_up, self.n_ffn_up, name)?;
+            self.i_ffn_up += 1;
+        }
+        Ok(new_type)
+    }
+
+    /// `tensor_type_fallback`: a type whose block does not divide the row length falls back to
+    /// a 32-block type, or F16 when even that does not fit.
+    fn fallback(&mut self, name: &str, ne: &[u64], target: GgmlType) -> Result<GgmlType> {
+        let ncols = ne.first().copied().unwrap_or(0);
+        if ncols % target.block_size() == 0 {
+            return Ok(target);
+        }
+        self.n_fallback += 1;
+        row_fallback(target, ncols).ok_or_else(|| Error::Usage {
+            message: format!(
+                "tensor {name}: rows of {ncols} are not a multiple of {} and no tensor type fallback is defined for type {target}",
+                target.block_size()
+            ),
+            help: "pick another type for this tensor with --tensor-type".into(),
+        })
+    }
+}
+
+/// The type llama-quantize stores a tensor with rows of `ncols` in when it asked for `target`
+/// (`tensor_type_fallback`): `target` itself when its block divides the row, else a 32-block
+/// substitute (Q2_K/Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, i-quants ->
+/// IQ4_NL), else F16. `None` for a 256-block type without a defined fallback (llama.cpp errors).
+pub fn row_fallback(target: GgmlType, ncols: u64) -> Option<GgmlType> {
+    use GgmlType as G;
+    let qk = target.block_size();
+    if ncols % qk == 0 {
+        return Some(target);
+    }
+    let ret = match target {
+        G::IQ1_S
+        | G::IQ1_M
+        | G::IQ2_XXS
+        | G::IQ2_XS
+        | G::IQ2_S
+        | G::IQ3_XXS
+        | G::IQ3_S
+        | G::IQ4_XS => G::IQ4_NL,
+        G::Q2_K | G::Q3_K | G::TQ1_0 | G::TQ2_0 => G::Q4_0,
+        G::Q4_K => G::Q5_0,
+        G::Q5_K => G::Q5_1,
+        G::Q6_K => G::Q8_0,
+        _ if qk <= 32 => target,
+        _ => return None,
+    };
+    Some(if ncols % ret.block_size() != 0 {
+        G::F16
+    } else {
+        ret
+    })
+}
+
+/// `tensor_requires_imatrix`.
+fn tensor_requires_imatrix(name: &str, dst: GgmlType, ftype: FileType) -> bool {
+    if name == "token_embd.weight"
+        || name == "per_layer_token_embd.weight"
+        || name == "output.weight"
+    {
+        return false;
+    }
+    match dst {
+        GgmlType::IQ3_XXS
+        | GgmlType::IQ2_XXS
+        | GgmlType::IQ2_XS
+        | GgmlType::IQ2_S
+        | GgmlType::IQ1_M
+        | GgmlType::IQ1_S => true,
+        GgmlType::Q2_K => ftype == FileType::Q2_K_S,
+        _ => false,
+    }
+}
+
+/// The types llama-quantize gives `tensors` (name, ggml `ne`, current type), in the order
+/// given (the caller sorts them with [`weight_order`] first to match llama.cpp exactly).
+/// Returns the types and the number of row-length fallbacks. Used by the planner.
+pub fn choose_types(
+    ftype: FileType,
+    model: ModelParams,
+    opts: TypeOptions,
+    tensors: &[(String, Vec<u64>, GgmlType)],
+) -> Result<(Vec<GgmlType>, usize)> {
+    let mut chooser = TypeChooser::new(ftype, model, opts, tensors.iter().map(|t| t.0.as_str()));
+    let types = tensors
+        .iter()
+        .map(|(name, ne, cur)| chooser.choose(name, ne, *cur))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((types, chooser.n_fallback))
+}
+
+// ---- importance matrix -----------------------------------------------------------------------
+
+/// An importance matrix as llama-quantize uses it: per tensor name, the mean squared
+/// activation of each input column (per expert for 3-D tensors).
+#[derive(Debug, Clone, Default)]
+pub struct Imatrix {
+    /// Normalized weights by tensor name.
+    pub entries: HashMap<String, Vec<f32>>,
+    /// Dataset names recorded in the file.
+    pub datasets: Vec<String>,
+    /// Chunks the matrix was computed on (0 when unknown).
+    pub chunk_count: i32,
+    /// Whether the file was the legacy `.dat` format.
+    pub legacy: bool,
+}
+
+impl Imatrix {
+    /// Load an imatrix file: the GGUF format (`NAME.in_sum2` + `NAME.counts` tensors and
+    /// `imatrix.*` metadata) or, when the file is not GGUF, the legacy binary format. Values are
+    /// normalized as tools/quantize does (sums divided by counts; columns without data get 1).
+    pub fn load(path: &Path) -> Result<Imatrix> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let m = if bytes.starts_with(b"GGUF") {
+            Imatrix::from_gguf(bytes, path)?
+        } else {
+            Imatrix::from_legacy(&bytes, path)?
+        };
+        for (name, v) in &m.entries {
+            if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                return Err(Error::model(
+                    path,
+                    format!("imatrix contains non-finite value {x} (tensor {name})"),
+                    "recompute the importance matrix; the activations overflowed",
+                ));
+            }
+        }
+        Ok(m)
+    }
+
+    fn from_gguf(bytes: Vec<u8>, path: &Path) -> Result<Imatrix> {
+        let bad = |message: String| {
+            Error::model(
+                path,
+                message,
+                "write the importance matrix with llama-imatrix (GGUF output) or pass a legacy .dat file",
+            )
+        };
+        let file = crate::gguf::GgufFile::from_bytes(bytes, path)?;
+        let header = file.header();
+        if header.tensors.is_empty() {
+            return Err(bad("no data in imatrix file".into()));
+        }
+        let datasets = match header.get("imatrix.datasets") {
+            Some(GgufValue::Array(GgufArray::String(v))) => v.clone(),
+            _ => Vec::new(),
+        };
+        let has_metadata = header.get("imatrix.datasets").is_some()
+            && header.get("imatrix.chunk_count").is_some()
+            && header.get("imatrix.chunk_size").is_some();
+        if !has_metadata {
+            return Err(bad(
+                "missing imatrix metadata (imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size)"
+                    .into(),
+            ));
+        }
+        let chunk_count = header
+            .get_u64("imatrix.chunk_count")
+            .map_or(0, |c| c as u32 as i32);
+        let mut pairs: BTreeMap<String, (Option<usize>, Option<usize>)> = BTreeMap::new();
+        for (i, t) in header.tensors.iter().enumerate() {
+            if let Some(base) = t.name.strip_suffix(".in_sum2") {
+                pairs.entry(base.to_string()).or_default().0 = Some(i);
+            } else if let Some(base) = t.name.strip_suffix(".counts") {
+                pairs.entry(base.to_string()).or_default().1 = Some(i);
+            }
+        }
+        let f32s = |i: usize| -> Vec<f32> {
+            file.tensor_data(i)
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        };
+        let mut entries = HashMap::new();
+        for (name, (sums, counts)) in pairs {
+            let (Some(si), Some(ci)) = (sums, counts) else {
+                return Err(bad(format!("mismatched sums and counts for {name}")));
+            };
+            if header.tensors[si].ggml_type != GgmlType::F32
+                || header.tensors[ci].ggml_type != GgmlType::F32
+            {
+                return Err(bad(format!("sums and counts for {name} must be F32")));
+            }
+            let sums = f32s(si);
+            let counts: Vec<i64> = f32s(ci).iter().map(|c| c.round() as i64).collect();
+            if counts.is_empty() || sums.len() % counts.len() != 0 {
+                return Err(bad(format!(
+                    "{name}: {} sums do not split into {} experts",
+                    sums.len(),
+                    counts.len()
+                )));
+            }
+            let ne0 = sums.len() / counts.len();
+            let mut e = vec![0f32; sums.len()];
+            for (j, &c) in counts.iter().enumerate() {
+                let count = c as f32;
+                for k in 0..ne0 {
+                    e[j * ne0 + k] = if count > 0.0 {
+                        sums[j * ne0 + k] / count
+                    } else {
+                        1.0
+                    };
+                }
+            }
+            entries.insert(name, e);
+        }
+        Ok(Imatrix {
+            entries,
+            datasets,
+            chunk_count,
+            legacy: false,
+        })
+    }
+
+    fn from_legacy(bytes: &[u8], path: &Path) -> Result<Imatrix> {
+        let bad = |message: String| {
+            Error::model(
+                path,
+                format!("not an imatrix file (neither GGUF nor the legacy format): {message}"),
+                "pass the file written by llama-imatrix",
+            )
+        };
+        let mut pos = 0usize;
+        let i32_at = |pos: &mut usize| -> Option<i32> {
+            let b = bytes.get(*pos..*pos + 4)?;
+            *pos += 4;
+            Some(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let n_entries = i32_at(&mut pos)
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| bad("no data".into()))?;
+        let mut entries = HashMap::new();
+        for i in 0..n_entries {
+            let len = i32_at(&mut pos)
+                .and_then(|l| usize::try_from(l).ok())
+                .ok_or_else(|| bad(format!("failed reading name for entry {}", i + 1)))?;
+            let name = bytes
+                .get(pos..pos + len)
+                .ok_or_else(|| bad(format!("failed reading name for entry {}", i + 1)))?;
+            pos += len;
+            // C++ reads the name into a NUL-terminated buffer: it ends at the first NUL.
+            let name = name.split(|&b| b == 0).next().unwrap_or(&[]);
+            let name = String::from_utf8_lossy(name).into_owned();
+            let ncall = i32_at(&mut pos).ok_or_else(|| bad(format!("truncated entry {name}")))?;
+            let nval = i32_at(&mut pos)
+                .filter(|&n| n >= 1)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| bad(format!("failed reading number of values for entry {i}")))?;
+            let data = bytes
+                .get(pos..pos + nval * 4)
+                .ok_or_else(|| bad(format!("failed reading data for entry {i}")))?;
+            pos += nval * 4;
+            let ncall = i64::from(ncall);
+            let e: Vec<f32> = data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .map(|s| if ncall > 0 { s / ncall as f32 } else { s })
+                .collect();
+            entries.insert(name, e);
+        }
+        let mut chunk_count = 0;
+        let mut datasets = Vec::new();
+        if pos < bytes.len() {
+            if let Some(n) = i32_at(&mut pos) {
+                chunk_count = n;
+                if let Some(len) = i32_at(&mut pos).and_then(|l| usize::try_from(l).ok()) {
+                    if len > 0 {
+                        if let Some(d) = bytes.get(pos..pos + len) {
+                            let d = d.split(|&b| b == 0).next().unwrap_or(&[]);
+                            datasets.push(String::from_utf8_lossy(d).into_owned());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Imatrix {
+            entries,
+            datasets,
+            chunk_count,
+            legacy: true,
+        })
+    }
+}
+
+// ---- options and report ----------------------------------------------------------------------
+
+/// What `cargo edgeai quantize` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct QuantizeOptions {
+    /// Input GGUF (first split of a split model).
+    pub input: PathBuf,
+    /// Output GGUF (with `keep_split`, the prefix of the split names).
+    pub output: PathBuf,
+    /// `--type`, e.g. "Q4_K_M".
+    pub file_type: String,
+    /// `--imatrix FILE`.
+    pub imatrix: Option<PathBuf>,
+    /// `--threads N` (default: all cores).
+    pub threads: Option<usize>,
+    /// `--pure`.
+    pub pure: bool,
+    /// `--output-tensor-type TYPE`.
+    pub output_tensor_type: Option<String>,
+    /// `--token-embedding-type TYPE`.
+    pub token_embedding_type: Option<String>,
+    /// `--tensor-type REGEX=TYPE`, repeatable.
+    pub tensor_types: Vec<String>,
+    /// `--allow-requantize`: accept quantized input tensors (dequantized first).
+    pub allow_requantize: bool,
+    /// `--leave-output-tensor`: keep output.weight as it is.
+    pub leave_output_tensor: bool,
+    /// `--keep-split`: one output file per input split.
+    pub keep_split: bool,
+    /// Show a progress bar on stderr (only when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// What `cargo edgeai dequantize` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct DequantizeOptions {
+    /// Input GGUF.
+    pub input: PathBuf,
+    /// Output GGUF.
+    pub output: PathBuf,
+    /// "F16" (default), "F32" or "BF16".
+    pub file_type: String,
+    /// `--threads N` (default: all cores).
+    pub threads: Option<usize>,
+    /// `--keep-split`.
+    pub keep_split: bool,
+    /// Show a progress bar on stderr (only when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Tensors and bytes of one output type.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TypeTotal {
+    /// Tensors stored in this type.
+    pub tensors: usize,
+    /// Their data bytes.
+    pub bytes: u64,
+}
+
+/// What a quantize (or dequantize) run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuantizeReport {
+    /// Input file (first split).
+    pub input: PathBuf,
+    /// Files written.
+    pub outputs: Vec<PathBuf>,
+    /// File type name ("Q4_K_M").
+    pub file_type: String,
+    /// `general.file_type` written.
+    pub file_type_id: u32,
+    /// Worker threads used.
+    pub threads: usize,
+    /// Tensors in the model.
+    pub tensors: usize,
+    /// Tensors converted to another type.
+    pub converted: usize,
+    /// Tensors copied unchanged.
+    pub copied: usize,
+    /// Tensors that fell back to another type because of their row length.
+    pub fallbacks: usize,
+    /// Tensor data bytes read.
+    pub input_bytes: u64,
+    /// Tensor data bytes written.
+    pub output_bytes: u64,
+    /// Output tensors by type.
+    pub by_type: BTreeMap<String, TypeTotal>,
+    /// Importance-matrix entries used, when an imatrix was given.
+    pub imatrix_entries: Option<usize>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl QuantizeReport {
+    /// A short human summary.
+    pub fn render_human(&self) -> String {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let mut s = format!(
+            "{} -> {} as {} ({} threads, {:.2} s)\n  {} tensors: {} converted, {} copied{}\n  tensor data {:.2} MiB -> {:.2} MiB\n",
+            self.input.display(),
+            self.outputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.file_type,
+            self.threads,
+            self.seconds,
+            self.tensors,
+            self.converted,
+            self.copied,
+            if self.fallbacks > 0 {
+                format!(", {} with a row-length fallback type", self.fallbacks)
+            } else {
+                String::new()
+            },
+            mib(self.input_bytes),
+            mib(self.output_bytes),
+        );
+        for (ty, t) in &self.by_type {
+            s.push_str(&format!(
+                "  {:<7} {:>4} tensors {:>10.2} MiB\n",
+                ty,
+                t.tensors,
+                mib(t.bytes)
+            ));
+        }
+        s
+    }
+}
+
+// ---- the driver ------------------------------------------------------------------------------
+
+/// One tensor of the plan: where it comes from and what it becomes.
+struct PlannedTensor {
+    loc: crate::gguf::TensorLoc,
+    name: String,
+    /// `ne` trimmed to `ggml_n_dims`, as gguf writes it.
+    ne: Vec<u64>,
+    cur: GgmlType,
+    new: GgmlType,
+    /// Output split index.
+    out_split: usize,
+    /// Importance weights (ne[0] × experts) when used for this tensor.
+    imatrix: Option<Vec<f32>>,
+}
+
+/// Quantize a GGUF model as `llama-quantize` does; the output is byte-identical to
+/// llama.cpp's for the same input and options.
+pub fn do_quantize(opts: &QuantizeOptions) -> Result<QuantizeReport> {
+    let ftype = FileType::parse(&opts.file_type).ok_or_else(|| Error::Usage {
+        message: format!("unknown --type `{}`", opts.file_type),
+        help: format!("valid types: {}", FileType::valid_names()),
+    })?;
+    let output_tensor_type = opts
+        .output_tensor_type
+        .as_deref()
+        .map(|s| parse_ggml_type(s, "--output-tensor-type"))
+        .transpose()?;
+    let token_embedding_type = opts
+        .token_embedding_type
+        .as_deref()
+        .map(|s| parse_ggml_type(s, "--token-embedding-type"))
+        .transpose()?;
+    let overrides = opts
+        .tensor_types
+        .iter()
+        .map(|s| TensorTypeOverride::parse(s.as_str()))
+        .collect::<Result<Vec<_>>>()?;
+    let imatrix = opts.imatrix.as_deref().map(Imatrix::load).transpose()?;
+    let imatrix = imatrix.filter(|m| !m.entries.is_empty());
+    let type_opts = TypeOptions {
+        output_tensor_type,
+        token_embedding_type,
+        pure: opts.pure,
+        quantize_output_tensor: !opts.leave_output_tensor,
+        overrides,
+        has_imatrix: imatrix.is_some(),
+    };
+    run(Job {
+        input: &opts.input,
+        output: &opts.output,
+        ftype,
+        type_opts,
+        imatrix: imatrix.map(|m| (m, opts.imatrix.clone().unwrap_or_default())),
+        threads: opts.threads,
+        allow_requantize: opts.allow_requantize,
+        keep_split: opts.keep_split,
+        progress: opts.progress,
+    })
+}
+
+/// Dequantize a GGUF model to F16 (or F32/BF16): exactly what
+/// `llama-quantize --allow-requantize IN OUT F16` writes.
+pub fn do_dequantize(opts: &DequantizeOptions) -> Result<QuantizeReport> {
+    let name = if opts.file_type.is_empty() {
+        "F16"
+    } else {
+        opts.file_type.as_str()
+    };
+    let ftype = match FileType::parse(name) {
+        Some(t @ (FileType::F16 | FileType::F32 | FileType::BF16)) => t,
+        _ => {
+            return Err(Error::Usage {
+                message: format!("unknown dequantize --type `{name}`"),
+                help: "valid types: F16, F32, BF16".into(),
+            })
+        }
+    };
+    run(Job {
+        input: &opts.input,
+        output: &opts.output,
+        ftype,
+        type_opts: TypeOptions {
+            quantize_output_tensor: true,
+            ..TypeOptions::default()
+        },
+        imatrix: None,
+        threads: opts.threads,
+        allow_requantize: true,
+        keep_split: opts.keep_split,
+        progress: opts.progress,
+    })
+}
+
+struct Job<'a> {
+    input: &'a Path,
+    output: &'a Path,
+    ftype: FileType,
+    type_opts: TypeOptions,
+    imatrix: Option<(Imatrix, PathBuf)>,
+    threads: Option<usize>,
+    allow_requantize: bool,
+    keep_split: bool,
+    progress: bool,
+}
+
+fn usage(message: String, help: &str) -> Error {
+    Error::Usage {
+        message,
+        help: help.to_string(),
+    }
+}
+
+fn run(job: Job<'_>) -> Result<QuantizeReport> {
+    let start = Instant::now();
+    let model = GgufModel::open(job.input)?;
+    let header = model.header();
+    let params = ModelParams::from_header(header, job.input)?;
+    let threads = job
+        .threads
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+
+    // The tensor list in llama.cpp's order.
+    let mut locs: Vec<crate::gguf::TensorLoc> = model.tensors().to_vec();
+    if job.keep_split {
+        locs.sort_by_key(|l| (l.split, model.info(*l).offset));
+    } else {
+        locs.sort_by(|a, b| weight_order(&model.info(*a).name, &model.info(*b).name));
+    }
+
+    // --tensor-type patterns must name something.
+    for o in &job.type_opts.overrides {
+        if !locs.iter().any(|l| o.regex.is_match(&model.info(*l).name)) {
+            return Err(usage(
+                format!(
+                    "--tensor-type `{}`: the pattern `{}` matches no tensor of {}",
+                    o.arg,
+                    o.regex.as_str(),
+                    job.input.display()
+                ),
+                "check the pattern against the names `cargo edgeai inspect --tensors MODEL` lists (patterns are regular expressions searched anywhere in the name, lower-cased)",
+            ));
+        }
+    }
+
+    // Preliminary pass: every tensor's type, imatrix and checks, before anything is written.
+    let mut chooser = TypeChooser::new(
+        job.ftype,
+        params,
+        job.type_opts.clone(),
+        locs.iter().map(|l| model.info(*l).name.as_str()),
+    );
+    let mut plan = Vec::with_capacity(locs.len());
+    for &loc in &locs {
+        let info = model.info(loc);
+        let ne = trimmed_ne(info);
+        let new = chooser.choose(&info.name, &ne, info.ggml_type)?;
+        let allows = chooser.allows_quantization(&info.name, &ne);
+        let requires_imatrix = tensor_requires_imatrix(&info.name, new, job.ftype);
+        if job.imatrix.is_none() && allows && requires_imatrix {
+            return Err(usage(
+                format!(
+                    "{} needs an importance matrix: tensor {} would be {}",
+                    job.ftype, info.name, new
+                ),
+                "pass --imatrix FILE (computed with llama-imatrix on text like your use), or pick another --type",
+            ));
+        }
+        let mut weights = None;
+        if new != info.ggml_type {
+            check_convertible(info, new, job.allow_requantize, job.input)?;
+            if let Some((m, path)) = &job.imatrix {
+                if let Some(e) = m.entries.get(&info.name) {
+                    let want = ne[0] * ne.get(2).copied().unwrap_or(1);
+                    if e.len() as u64 == want {
+                        weights = Some(e.clone());
+                    } else if !(info.name == "token_embd.weight"
+                        || info.name == "per_layer_token_embd.weight")
+                    {
+                        return Err(Error::model(
+                            path,
+                            format!(
+                                "imatrix size {} is different from tensor size {} for {}",
+                                e.len(),
+                                want,
+                                info.name
+                            ),
+                            "the importance matrix was computed for another model; compute it for this one with llama-imatrix",
+                        ));
+                    }
+                }
+            }
+            if weights.is_none() && requires_imatrix {
+                return Err(usage(
+                    format!(
+                        "missing importance matrix for tensor {} in a very low-bit quantization ({})",
+                        info.name, new
+                    ),
+                    "compute the importance matrix on this model with llama-imatrix",
+                ));
+            }
+        }
+        plan.push(PlannedTensor {
+            loc,
+            name: info.name.clone(),
+            ne,
+            cur: info.ggml_type,
+            new,
+            out_split: if job.keep_split { loc.split } else { 0 },
+            imatrix: weights,
+        });
+    }
+
+    // Output metadata, as llama_model_quantize_impl builds it.
+    let n_split = if job.keep_split {
+        model.splits().len()
+    } else {
+        1
+    };
+    let mut meta: Vec<(String, GgufValue)> = header.metadata.clone();
+    set_kv(
+        &mut meta,
+        KEY_QUANTIZATION_VERSION,
+        GgufValue::U32(GGML_QNT_VERSION),
+    );
+    set_kv(&mut meta, KEY_FILE_TYPE, GgufValue::U32(job.ftype.id()));
+    for k in [KEY_SPLIT_NO, KEY_SPLIT_COUNT, KEY_SPLIT_TENSORS_COUNT] {
+        meta.retain(|(key, _)| key != k);
+    }
+    let mut imatrix_entries = None;
+    if let Some((m, path)) = &job.imatrix {
+        let mut file = path.to_string_lossy().into_owned();
+        truncate_bytes(&mut file, 127);
+        set_kv(&mut meta, KEY_IMATRIX_FILE, GgufValue::String(file));
+        if let Some(d) = m.datasets.first() {
+            let mut d = d.clone();
+            truncate_bytes(&mut d, 127);
+            set_kv(&mut meta, KEY_IMATRIX_DATASET, GgufValue::String(d));
+        }
+        set_kv(
+            &mut meta,
+            KEY_IMATRIX_N_ENTRIES,
+            GgufValue::U32(m.entries.len() as u32),
+        );
+        if m.chunk_count > 0 {
+            set_kv(
+                &mut meta,
+                KEY_IMATRIX_N_CHUNKS,
+                GgufValue::U32(m.chunk_count.unsigned_abs()),
+            );
+        }
+        imatrix_entries = Some(m.entries.len());
+    }
+
+    // Output files.
+    let out_paths: Vec<PathBuf> = if job.keep_split {
+        split_paths(job.output, n_split)
+    } else {
+        vec![job.output.to_path_buf()]
+    };
+    for out in &out_paths {
+        for split in model.splits() {
+            if same_file(split.path(), out) {
+                return Err(usage(
+                    format!("input and output files are the same: {}", out.display()),
+                    "write the output to another path",
+                ));
+            }
+        }
+    }
+    let mut writers = Vec::with_capacity(n_split);
+    for (i, out) in out_paths.iter().enumerate() {
+        // Split parts after the first carry only the split keys (llama.cpp starts them from
+        // an empty context).
+        let m = split_metadata(&meta, i as u16, n_split as u16, plan.len());
+        let specs: Vec<TensorSpec> = plan
+            .iter()
+            .filter(|p| p.out_split == i)
+            .map(|p| TensorSpec {
+                name: p.name.clone(),
+                ne: p.ne.clone(),
+                ggml_type: p.new,
+            })
+            .collect();
+        // llama.cpp lays the data out at GGUF_DEFAULT_ALIGNMENT whatever general.alignment says.
+        writers.push(GgufWriter::create(
+            out,
+            GGUF_VERSION,
+            &m,
+            &specs,
+            DEFAULT_ALIGNMENT,
+        )?);
+    }
+
+    // Main loop.
+    let total_in: u64 = plan.iter().map(|p| model.data(p.loc).len() as u64).sum();
+    let bar = progress_bar(job.progress, total_in);
+    let mut report = QuantizeReport {
+        input: job.input.to_path_buf(),
+        outputs: out_paths.clone(),
+        file_type: job.ftype.name().to_string(),
+        file_type_id: job.ftype.id(),
+        threads,
+        tensors: plan.len(),
+        converted: 0,
+        copied: 0,
+        fallbacks: chooser.n_fallback,
+        input_bytes: 0,
+        output_bytes: 0,
+        by_type: BTreeMap::new(),
+        imatrix_entries,
+        seconds: 0.0,
+    };
+    for p in &plan {
+        if let Some(bar) = &bar {
+            bar.set_message(p.name.clone());
+        }
+        let src = model.data(p.loc);
+        let writer = &mut writers[p.out_split];
+        let out_len = if p.cur == p.new {
+            writer.write_tensor(src)?;
+            report.copied += 1;
+            src.len() as u64
+        } else {
+            let data = convert_tensor(p, src, threads, job.input)?;
+            writer.write_tensor(&data)?;
+            report.converted += 1;
+            data.len() as u64
+        };
+        report.input_bytes += src.len() as u64;
+        report.output_bytes += out_len;
+        let t = report.by_type.entry(p.new.name().to_string()).or_default();
+        t.tensors += 1;
+        t.bytes += out_len;
+        if let Some(bar) = &bar {
+            bar.inc(src.len() as u64);
+        }
+    }
+    for w in writers {
+        w.finish()?;
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The tensor's `ne` as gguf writes it back: trimmed to `ggml_n_dims`.
+fn trimmed_ne(info: &GgufTensorInfo) -> Vec<u64> {
+    let mut ne = info.ne.clone();
+    if ne.is_empty() {
+        ne.push(1);
+    }
+    ne.truncate(ggml_n_dims(&ne));
+    ne
+}
+
+/// `gguf_set_val_*`: remove the key, then append it.
+fn set_kv(meta: &mut Vec<(String, GgufValue)>, key: &str, value: GgufValue) {
+    meta.retain(|(k, _)| k != key);
+    meta.push((key.to_string(), value));
+}
+
+/// `strncpy(dst, src, 127)` into a 128-byte buffer: at most 127 bytes (cut on a byte boundary,
+/// which may split a UTF-8 character just as C does; such a tail is replaced lossily).
+fn truncate_bytes(s: &mut String, max: usize) {
+    if s.len() > max {
+        let bytes = s.as_bytes()[..max].to_vec();
+        *s = String::from_utf8_lossy(&bytes).into_owned();
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Refuse conversions this build cannot do, before any output is written.
+fn check_convertible(
+    info: &GgufTensorInfo,
+    new: GgmlType,
+    allow_requantize: bool,
+    path: &Path,
+) -> Result<()> {
+    if !quants::can_quantize(new) {
+        return Err(usage(
+            format!("tensor {}: quantizing to {new} is not supported", info.name),
+            "pick another type (see --type, --tensor-type); cargo-edgeai quantizes to F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K, IQ4_NL, MXFP4",
+        ));
+    }
+    let cur = info.ggml_type;
+    if cur.is_quantized() {
+        if !allow_requantize {
+            return Err(usage(
+                format!(
+                    "{}: tensor {} is already {cur}; requantizing from type {cur} is disabled",
+                    path.display(),
+                    info.name
+                ),
+                "quantize from an F16/BF16/F32 model, or pass --allow-requantize (quality suffers)",
+            ));
+        }
+        if !quants::can_dequantize(cur) {
+            return Err(Error::model(
+                path,
+                format!("tensor {}: dequantizing {cur} is not supported", info.name),
+                HELP_BUILD,
+            ));
+        }
+    } else if !matches!(cur, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        return Err(Error::model(
+            path,
+            format!("tensor {}: cannot convert tensor type {cur}", info.name),
+            HELP_BUILD,
+        ));
+    }
+    Ok(())
+}
+
+/// Rows per work item: about 64 Ki elements, never fewer than one row.
+fn rows_per_chunk(n_per_row: usize) -> usize {
+    (65_536 / n_per_row.max(1)).max(1)
+}
+
+/// Convert one tensor to its new type on `threads` threads: each work item converts a chunk
+/// of rows to f32 and quantizes it into its slice of the output.
+fn convert_tensor(p: &PlannedTensor, src: &[u8], threads: usize, path: &Path) -> Result<Vec<u8>> {
+    let n_per_row = p.ne[0] as usize;
+    let nrows_per_expert = p.ne.get(1).copied().unwrap_or(1) as usize;
+    let n_rows: usize = p.ne[1..].iter().product::<u64>() as usize;
+    let src_row = p.cur.bytes_for(n_per_row as u64).unwrap_or(0) as usize;
+    let dst_row = p.new.bytes_for(n_per_row as u64).ok_or_else(|| {
+        usage(
+            format!("tensor {}: rows of {n_per_row} cannot be {}", p.name, p.new),
+            HELP_BUILD,
+        )
+    })? as usize;
+    let mut out = vec![0u8; dst_row * n_rows];
+
+    // Work items never cross an expert boundary: each expert has its own imatrix slice.
+    let per_chunk = rows_per_chunk(n_per_row);
+    let mut items: Vec<(usize, &mut [u8])> = Vec::new();
+    {
+        let mut rest: &mut [u8] = &mut out;
+        let mut row = 0;
+        while row < n_rows {
+            let expert_end = (row / nrows_per_expert.max(1) + 1) * nrows_per_expert.max(1);
+            let n = per_chunk.min(expert_end - row).min(n_rows - row);
+            let (head, tail) = rest.split_at_mut(n * dst_row);
+            items.push((row, head));
+            rest = tail;
+            row += n;
+        }
+    }
+    let queue = Mutex::new(items.into_iter());
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let done = AtomicU64::new(0);
+    let worker = || {
+        let mut f32_buf: Vec<f32> = Vec::new();
+        loop {
+            if failed.lock().map(|f| f.is_some()).unwrap_or(true) {
+                return;
+            }
+            let next = match queue.lock() {
+                Ok(mut q) => q.next(),
+                Err(_) => None,
+            };
+            let Some((row, dst)) = next else { return };
+            let nrows = dst.len() / dst_row;
+            let res = (|| -> Result<()> {
+                let s = &src[row * src_row..(row + nrows) * src_row];
+                f32_buf.resize(nrows * n_per_row, 0.0);
+                to_f32(p.cur, s, &mut f32_buf).map_err(|e| quant_error(p, path, e))?;
+                let expert = row / nrows_per_expert.max(1);
+                let weights = match p.imatrix.as_deref() {
+                    // The length was checked against ne[0] × ne[2]; a 4-D tensor has more
+                    // row groups than that (llama.cpp does not support those either).
+                    Some(w) => Some(
+                        w.get(expert * n_per_row..(expert + 1) * n_per_row)
+                            .ok_or_else(|| {
+                                usage(
+                                    format!(
+                                        "tensor {}: no importance weights for row group {expert}",
+                                        p.name
+                                    ),
+                                    HELP_BUILD,
+                                )
+                            })?,
+                    ),
+                    None => None,
+                };
+                quants::quantize_rows(p.new, &f32_buf, n_per_row, weights, dst)
+                    .map_err(|e| quant_error(p, path, e))
+            })();
+            if let Err(e) = res {
+                if let Ok(mut f) = failed.lock() {
+                    f.get_or_insert(e);
+                }
+                return;
+            }
+            done.fetch_add(nrows as u64, Ordering::Relaxed);
+        }
+    };
+    let n_threads = threads.max(1);
+    std::thread::scope(|s| {
+        for _ in 1..n_threads {
+            s.spawn(worker);
+        }
+        worker();
+    });
+    if let Some(e) = failed.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    if done.load(Ordering::Relaxed) != n_rows as u64 {
+        return Err(Error::Internal(format!(
+            "tensor {}: {} of {n_rows} rows converted",
+            p.name,
+            done.load(Ordering::Relaxed)
+        )));
+    }
+    Ok(out)
+}
+
+fn quant_error(p: &PlannedTensor, path: &Path, e: quants::QuantError) -> Error {
+    Error::model(
+        path,
+        format!("tensor {} ({} -> {}): {e}", p.name, p.cur, p.new),
+        HELP_BUILD,
+    )
+}
+
+/// Input rows to f32 (`llama_tensor_dequantize_impl`).
+fn to_f32(
+    ty: GgmlType,
+    src: &[u8],
+    dst: &mut [f32],
+) -> std::result::Result<(), quants::QuantError> {
+    match ty {
+        GgmlType::F32 => {
+            for (d, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+            Ok(())
+        }
+        GgmlType::F16 => {
+            for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = quants::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+            }
+            Ok(())
+        }
+        GgmlType::BF16 => {
+            for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = quants::bf16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+            }
+            Ok(())
+        }
+        _ => quants::dequantize_rows(ty, src, dst),
+    }
+}
+
+fn progress_bar(enabled: bool, total: u64) -> Option<indicatif::ProgressBar> {
+    if !enabled || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{elapsed:>4} [{bar:30}] {bytes}/{total_bytes} {wide_msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    Some(bar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_types_parse_and_ids() {
+        assert_eq!(FileType::parse("q4_k_m"), Some(FileType::Q4_K_M));
+        assert_eq!(FileType::parse("Q4_K"), Some(FileType::Q4_K_M));
+        assert_eq!(FileType::parse("15"), Some(FileType::Q4_K_M));
+        assert_eq!(FileType::parse("Q9_9"), None);
+        for t in FileType::ALL {
+            assert_eq!(FileType::parse(t.name()), Some(t));
+            assert_eq!(
+                crate::gguf::llama_file_type_name(u64::from(t.id())),
+                Some(t.name())
+            );
+        }
+    }
+
+    #[test]
+    fn use_more_bits_and_order() {
+        let more: Vec<i64> = (0..30).filter(|&i| use_more_bits(i, 30)).collect();
+        assert_eq!(
+            more,
+            vec![0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]
+        );
+        let mut names = vec![
+            "blk.10.attn_q.weight",
+            "output.weight",
+            "blk.2.ffn_down.weight",
+            "blk.2.attn_k.weight",
+            "token_embd.weight",
+        ];
+        names.sort_by(|a, b| weight_order(a, b));
+        assert_eq!(
+            names,
+            vec![
+                "output.weight",
+                "token_embd.weight",
+                "blk.2.attn_k.weight",
+                "blk.2.ffn_down.weight",
+                "blk.10.attn_q.weight"
+            ]
+        );
+        assert_eq!(blk_layer("blk.7.attn_v.weight"), Some(7));
+        assert_eq!(blk_layer("token_embd.weight"), None);
+    }
+
+    #[test]
+    fn fallbacks_follow_llama_cpp() {
+        let model = ModelParams {
+            arch: "llama".into(),
+            n_layer: 1,
+            n_head: 9,
+            n_head_kv: 3,
+            n_expert: 0,
+        };
+        let mut c = TypeChooser::new(
+            FileType::Q2_K,
+            model,
+            TypeOptions {
+                quantize_output_tensor: true,
+                ..TypeOptions::default()
+            },
+            ["blk.0.attn_q.weight"],
+        );
+        let t = c
+            .choose("blk.0.attn_q.weight", &[576, 576], GgmlType::F16)
+            .unwrap();
+        assert_eq!(t, GgmlType::Q4_0);
+        assert_eq!(c.n_fallback, 1);
+        assert_eq!(
+            c.choose("blk.0.attn_norm.weight", &[576], GgmlType::F32)
+                .unwrap(),
+            GgmlType::F32
+        );
+    }
+}
