@@ -1,7 +1,10 @@
 //! `cargo edgeai export MODEL.gguf --to safetensors -o DIR`: a GGUF model of the llama family
 //! back to a Hugging Face directory: `config.json`, `model.safetensors` (F32, dequantized, q/k
 //! rows un-permuted), `tokenizer.json` rebuilt from the GGUF vocabulary, `tokenizer_config.json`
-//! (special tokens, chat template) and `generation_config.json`.
+//! (special tokens, chat template), `generation_config.json` (special ids, sampling
+//! defaults) and `README.md` (the model-card `general.*` fields as YAML front matter).
+//! Llama 3's `rope_freqs.weight` is not a Hugging Face tensor: it is turned back into the
+//! `rope_scaling` of config.json that regenerates it bit for bit on conversion.
 //!
 //! The directory is built so that [`crate::convert::do_convert`] reproduces the GGUF's
 //! metadata and, for F32/F16 sources and the values a quantized source dequantizes to, its
@@ -167,6 +170,121 @@ fn pre_tokenizer(pre: &str) -> Option<Value> {
         }),
         _ => return None,
     })
+}
+
+/// `_name_or_path` for config.json: `org/basename-size-finetune-version` (the Hugging Face id
+/// the reference converter's name heuristics split back into those parts), else the name.
+fn name_or_path(h: &GgufHeader) -> Option<String> {
+    let g = |k: &str| h.get_str(&format!("general.{k}"));
+    let Some(base) = g("basename") else {
+        return g("name").map(str::to_string);
+    };
+    let name = [Some(base), g("size_label"), g("finetune"), g("version")]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("-");
+    Some(match g("organization") {
+        Some(o) => format!("{o}/{name}"),
+        None => name,
+    })
+}
+
+/// README.md with YAML front matter holding the GGUF's model-card fields under the keys
+/// gguf-py's `Metadata` reads first (so no name heuristic is needed on the way back).
+/// Strings are written as JSON strings, which are YAML double-quoted scalars.
+fn model_card(h: &GgufHeader) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    let mut y = String::from("---\n");
+    for (gguf, card) in [
+        ("name", "name"),
+        ("author", "author"),
+        ("version", "version"),
+        ("organization", "organization"),
+        ("description", "description"),
+        ("finetune", "finetune"),
+        ("basename", "basename"),
+        ("size_label", "size_label"),
+        ("source.url", "url"),
+        ("source.doi", "doi"),
+        ("source.uuid", "uuid"),
+        ("source.repo_url", "repo_url"),
+        ("license", "license"),
+        ("license.name", "license_name"),
+        ("license.link", "license_link"),
+    ] {
+        if let Some(v) = h.get_str(&format!("general.{gguf}")) {
+            y.push_str(&format!("{card}: {}\n", q(v)));
+        }
+    }
+    // Base models as Hugging Face ids (their name/organization/version are re-derived).
+    if let Some(n) = meta_u64(h, "general.base_model.count") {
+        let ids: Vec<String> = (0..n)
+            .filter_map(|i| h.get_str(&format!("general.base_model.{i}.repo_url")))
+            .map(|u| u.trim_start_matches("https://huggingface.co/").to_string())
+            .collect();
+        if !ids.is_empty() {
+            y.push_str("base_model:\n");
+            for id in ids {
+                y.push_str(&format!("- {}\n", q(&id)));
+            }
+        }
+    }
+    for (gguf, card) in [("tags", "tags"), ("languages", "language")] {
+        if let Some(list) = strings(h, &format!("general.{gguf}")) {
+            y.push_str(&format!("{card}:\n"));
+            for v in list {
+                y.push_str(&format!("- {}\n", q(&v)));
+            }
+        }
+    }
+    y.push_str("---\n");
+    if let Some(n) = h.get_str("general.name") {
+        y.push_str(&format!("\n# {n}\n\nExported from GGUF by cargo-edgeai.\n"));
+    }
+    y
+}
+
+/// The Llama 3 `rope_scaling` whose generated `rope_freqs.weight` equals `freqs` bit for bit,
+/// searched over the parameters Llama 3.x checkpoints use (the factor is the largest value).
+fn fit_llama3_rope(
+    freqs: &[f32],
+    theta: f32,
+    head_dim: u64,
+    n_embd: u64,
+    n_head: u64,
+) -> Option<Map<String, Value>> {
+    let factor = freqs.iter().copied().fold(f32::MIN, f32::max);
+    let hp = crate::convert::arch::HParams {
+        n_layer: 1,
+        n_embd,
+        n_ff: 1,
+        n_head,
+        n_head_kv: n_head,
+        head_dim,
+        vocab: 1,
+    };
+    for old in [8192u64, 4096, 16384, 32768, 65536, 131072, 2048] {
+        for (low, high) in [(1.0f32, 4.0f32), (1.0, 2.0), (1.0, 8.0), (2.0, 4.0), (0.5, 4.0)] {
+            let mut r = Map::new();
+            r.insert("factor".into(), json_f32(factor));
+            r.insert("high_freq_factor".into(), json_f32(high));
+            r.insert("low_freq_factor".into(), json_f32(low));
+            r.insert("original_max_position_embeddings".into(), json!(old));
+            r.insert("rope_type".into(), json!("llama3"));
+            let mut cfg = Map::new();
+            cfg.insert("rope_theta".into(), json_f32(theta));
+            cfg.insert("head_dim".into(), json!(head_dim));
+            cfg.insert("rope_scaling".into(), Value::Object(r.clone()));
+            let got = crate::convert::arch::llama3_rope_freqs(&cfg, &hp)?;
+            let same = got.len() == freqs.len()
+                && got.iter().zip(freqs).all(|(a, b)| a.to_bits() == b.to_bits());
+            if same {
+                return Some(r);
+            }
+        }
+    }
+    None
 }
 
 /// Write `bytes` to `dir/name` through a temporary file.
@@ -386,7 +504,7 @@ pub fn do_export(opts: &ExportOptions) -> Result<ExportReport> {
     let mut cfg = Map::new();
     cfg.insert("architectures".into(), json!(["LlamaForCausalLM"]));
     cfg.insert("model_type".into(), json!("llama"));
-    if let Some(n) = h.get_str("general.name") {
+    if let Some(n) = name_or_path(h) {
         cfg.insert("_name_or_path".into(), json!(n));
     }
     cfg.insert("hidden_act".into(), json!("silu"));
@@ -421,7 +539,37 @@ pub fn do_export(opts: &ExportOptions) -> Result<ExportReport> {
             cfg.insert("rope_scaling".into(), Value::Object(r));
         }
         _ => {
-            cfg.insert("rope_scaling".into(), Value::Null);
+            let scaling = match model.find("rope_freqs.weight") {
+                Some(loc) => {
+                    let hd = meta_u64(h, &key("attention.key_length"))
+                        .or_else(|| meta_u64(h, &key("rope.dimension_count")))
+                        .unwrap_or(n_embd / n_head.max(1));
+                    let theta = meta_f32(h, &key("rope.freq_base")).unwrap_or(10000.0);
+                    let info = model.info(loc);
+                    if info.ggml_type != GgmlType::F32 {
+                        return Err(Error::model(
+                            path,
+                            format!("rope_freqs.weight is {}, not F32", info.ggml_type),
+                            HELP_ARCH,
+                        ));
+                    }
+                    let freqs: Vec<f32> = model
+                        .data(loc)
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect();
+                    let fit = fit_llama3_rope(&freqs, theta, hd, n_embd, n_head).ok_or_else(|| {
+                        Error::model(
+                            path,
+                            "rope_freqs.weight does not match any Llama 3 rope_scaling (factor, low/high_freq_factor, original_max_position_embeddings)",
+                            "export supports the rope_freqs that llama.cpp's converter generates from a Llama 3 config.json",
+                        )
+                    })?;
+                    Value::Object(fit)
+                }
+                None => Value::Null,
+            };
+            cfg.insert("rope_scaling".into(), scaling);
         }
     }
     cfg.insert("tie_word_embeddings".into(), json!(tied));
@@ -521,8 +669,34 @@ pub fn do_export(opts: &ExportOptions) -> Result<ExportReport> {
         &pretty(&Value::Object(tc)),
     )?);
 
+    // README.md: the model-card fields as YAML front matter, so that conversion writes the
+    // same general.* metadata.
+    files.push(write_file(dir, "README.md", model_card(h).as_bytes())?);
+
     // generation_config.json
     let mut gc = Map::new();
+    for (gguf_key, hf) in [
+        ("sequence", "sequence"),
+        ("top_k", "top_k"),
+        ("top_p", "top_p"),
+        ("min_p", "min_p"),
+        ("xtc_probability", "xtc_probability"),
+        ("xtc_threshold", "xtc_threshold"),
+        ("temp", "temperature"),
+        ("penalty_last_n", "penalty_last_n"),
+        ("penalty_repeat", "repetition_penalty"),
+        ("mirostat", "mirostat"),
+        ("mirostat_tau", "mirostat_tau"),
+        ("mirostat_eta", "mirostat_eta"),
+    ] {
+        let v = match h.get(&format!("general.sampling.{gguf_key}")) {
+            Some(GgufValue::String(s)) => json!(s),
+            Some(GgufValue::F32(x)) => json_f32(*x),
+            Some(GgufValue::I32(x)) => json!(x),
+            _ => continue,
+        };
+        gc.insert(hf.into(), v);
+    }
     for k in ["bos", "eos", "pad"] {
         if let Some(v) = id(k) {
             gc.insert(format!("{k}_token_id"), json!(v));

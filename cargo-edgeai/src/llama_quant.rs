@@ -24,8 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{mpsc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use regex::Regex;
@@ -1549,9 +1548,29 @@ fn run(job: Job<'_>) -> Result<QuantizeReport> {
         )?);
     }
 
-    // Main loop.
+    // Main loop (see `Pipeline`): `threads` workers read, convert and quantize chunks of rows
+    // across tensor boundaries; one more thread writes finished tensors in order.
     let total_in: u64 = plan.iter().map(|p| model.data(p.loc).len() as u64).sum();
     let bar = progress_bar(job.progress, total_in);
+    let jobs = plan
+        .iter()
+        .map(|p| TensorJob::new(p, &model))
+        .collect::<Result<Vec<_>>>()?;
+    let input = Input::open(&model)?;
+    let pipeline = Pipeline {
+        plan: &plan,
+        jobs: &jobs,
+        input: &input,
+        path: job.input,
+        bar: bar.as_ref(),
+    };
+    let writers = pipeline.run(threads, writers)?;
+    for w in writers {
+        w.finish()?;
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     let mut report = QuantizeReport {
         input: job.input.to_path_buf(),
         outputs: out_paths.clone(),
@@ -1568,36 +1587,17 @@ fn run(job: Job<'_>) -> Result<QuantizeReport> {
         imatrix_entries,
         seconds: 0.0,
     };
-    for p in &plan {
-        if let Some(bar) = &bar {
-            bar.set_message(p.name.clone());
-        }
-        let src = model.data(p.loc);
-        let writer = &mut writers[p.out_split];
-        let out_len = if p.cur == p.new {
-            writer.write_tensor(src)?;
+    for (p, j) in plan.iter().zip(&jobs) {
+        if j.copy {
             report.copied += 1;
-            src.len() as u64
         } else {
-            let data = convert_tensor(p, src, threads, job.input)?;
-            writer.write_tensor(&data)?;
             report.converted += 1;
-            data.len() as u64
-        };
-        report.input_bytes += src.len() as u64;
-        report.output_bytes += out_len;
+        }
+        report.input_bytes += j.in_len as u64;
+        report.output_bytes += j.out_len as u64;
         let t = report.by_type.entry(p.new.name().to_string()).or_default();
         t.tensors += 1;
-        t.bytes += out_len;
-        if let Some(bar) = &bar {
-            bar.inc(src.len() as u64);
-        }
-    }
-    for w in writers {
-        w.finish()?;
-    }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
+        t.bytes += j.out_len as u64;
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
@@ -1682,103 +1682,419 @@ fn rows_per_chunk(n_per_row: usize) -> usize {
     (65_536 / n_per_row.max(1)).max(1)
 }
 
-/// Convert one tensor to its new type on `threads` threads: each work item converts a chunk
-/// of rows to f32 and quantizes it into its slice of the output.
-fn convert_tensor(p: &PlannedTensor, src: &[u8], threads: usize, path: &Path) -> Result<Vec<u8>> {
-    let n_per_row = p.ne[0] as usize;
-    let nrows_per_expert = p.ne.get(1).copied().unwrap_or(1) as usize;
-    let n_rows: usize = p.ne[1..].iter().product::<u64>() as usize;
-    let src_row = p.cur.bytes_for(n_per_row as u64).unwrap_or(0) as usize;
-    let dst_row = p.new.bytes_for(n_per_row as u64).ok_or_else(|| {
-        usage(
-            format!("tensor {}: rows of {n_per_row} cannot be {}", p.name, p.new),
-            HELP_BUILD,
-        )
-    })? as usize;
-    let mut out = vec![0u8; dst_row * n_rows];
+/// Output bytes of tensors being quantized or waiting to be written, beyond which no further
+/// tensor is started (a tensor larger than this runs alone). Bounds resident memory at a few
+/// tensors' outputs whatever the model size.
+const INFLIGHT_BYTES: usize = 32 << 20;
 
-    // Work items never cross an expert boundary: each expert has its own imatrix slice.
-    let per_chunk = rows_per_chunk(n_per_row);
-    let mut items: Vec<(usize, &mut [u8])> = Vec::new();
-    {
-        let mut rest: &mut [u8] = &mut out;
-        let mut row = 0;
-        while row < n_rows {
-            let expert_end = (row / nrows_per_expert.max(1) + 1) * nrows_per_expert.max(1);
-            let n = per_chunk.min(expert_end - row).min(n_rows - row);
-            let (head, tail) = rest.split_at_mut(n * dst_row);
-            items.push((row, head));
-            rest = tail;
-            row += n;
+/// One tensor's geometry, checked before anything is written.
+struct TensorJob {
+    /// Written as it is (same type in and out).
+    copy: bool,
+    /// Input split and the absolute offset of the tensor's data in that file.
+    split: usize,
+    in_off: u64,
+    in_len: usize,
+    out_len: usize,
+    n_per_row: usize,
+    n_rows: usize,
+    /// Rows per expert (`ne[1]`): work items never cross an expert boundary, since each
+    /// expert has its own imatrix slice.
+    rows_per_expert: usize,
+    src_row: usize,
+    dst_row: usize,
+}
+
+impl TensorJob {
+    fn new(p: &PlannedTensor, model: &GgufModel) -> Result<TensorJob> {
+        let file = &model.splits()[p.loc.split];
+        let in_off = file.header().data_range(model.info(p.loc)).start;
+        let in_len = model.data(p.loc).len();
+        let n_per_row = p.ne.first().copied().unwrap_or(1) as usize;
+        let n_rows = p.ne.iter().skip(1).product::<u64>() as usize;
+        let rows_per_expert = (p.ne.get(1).copied().unwrap_or(1) as usize).max(1);
+        let mut job = TensorJob {
+            copy: p.cur == p.new,
+            split: p.loc.split,
+            in_off,
+            in_len,
+            out_len: in_len,
+            n_per_row,
+            n_rows,
+            rows_per_expert,
+            src_row: 0,
+            dst_row: 0,
+        };
+        if job.copy {
+            return Ok(job);
+        }
+        job.src_row = p.cur.bytes_for(n_per_row as u64).unwrap_or(0) as usize;
+        job.dst_row = p.new.bytes_for(n_per_row as u64).ok_or_else(|| {
+            usage(
+                format!("tensor {}: rows of {n_per_row} cannot be {}", p.name, p.new),
+                HELP_BUILD,
+            )
+        })? as usize;
+        job.out_len = job.dst_row * n_rows;
+        if job.src_row * n_rows != in_len {
+            return Err(Error::Internal(format!(
+                "tensor {}: {n_rows} rows of {} bytes but {in_len} bytes of data",
+                p.name, job.src_row
+            )));
+        }
+        Ok(job)
+    }
+}
+
+/// The input's tensor data, read with positioned reads into small reused buffers rather than
+/// through the memory map: the input's pages then never count in our resident memory (a
+/// mapped F16 model would stay resident as it is touched, the whole file by the end).
+struct Input<'a> {
+    model: &'a GgufModel,
+    #[cfg(unix)]
+    files: Vec<std::fs::File>,
+}
+
+impl<'a> Input<'a> {
+    fn open(model: &'a GgufModel) -> Result<Input<'a>> {
+        #[cfg(unix)]
+        let files = model
+            .splits()
+            .iter()
+            .map(|s| std::fs::File::open(s.path()).map_err(|e| Error::io(s.path(), e)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Input {
+            model,
+            #[cfg(unix)]
+            files,
+        })
+    }
+
+    /// `buf.len()` bytes of the tensor's data from byte `start`.
+    fn read(&self, p: &PlannedTensor, j: &TensorJob, start: usize, buf: &mut [u8]) -> Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            let _ = p;
+            let file = &self.files[j.split];
+            file.read_exact_at(buf, j.in_off + start as u64)
+                .map_err(|e| Error::io(self.model.splits()[j.split].path(), e))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = j;
+            let src = self
+                .model
+                .data(p.loc)
+                .get(start..start + buf.len())
+                .ok_or_else(|| Error::Internal(format!("tensor {}: read past its data", p.name)))?;
+            buf.copy_from_slice(src);
+            Ok(())
         }
     }
-    let queue = Mutex::new(items.into_iter());
-    let failed: Mutex<Option<Error>> = Mutex::new(None);
-    let done = AtomicU64::new(0);
-    let worker = || {
-        let mut f32_buf: Vec<f32> = Vec::new();
-        loop {
-            if failed.lock().map(|f| f.is_some()).unwrap_or(true) {
-                return;
-            }
-            let next = match queue.lock() {
-                Ok(mut q) => q.next(),
-                Err(_) => None,
-            };
-            let Some((row, dst)) = next else { return };
-            let nrows = dst.len() / dst_row;
-            let res = (|| -> Result<()> {
-                let s = &src[row * src_row..(row + nrows) * src_row];
-                f32_buf.resize(nrows * n_per_row, 0.0);
-                to_f32(p.cur, s, &mut f32_buf).map_err(|e| quant_error(p, path, e))?;
-                let expert = row / nrows_per_expert.max(1);
-                let weights = match p.imatrix.as_deref() {
-                    // The length was checked against ne[0] × ne[2]; a 4-D tensor has more
-                    // row groups than that (llama.cpp does not support those either).
-                    Some(w) => Some(
-                        w.get(expert * n_per_row..(expert + 1) * n_per_row)
-                            .ok_or_else(|| {
-                                usage(
-                                    format!(
-                                        "tensor {}: no importance weights for row group {expert}",
-                                        p.name
-                                    ),
-                                    HELP_BUILD,
-                                )
-                            })?,
-                    ),
-                    None => None,
-                };
-                quants::quantize_rows(p.new, &f32_buf, n_per_row, weights, dst)
-                    .map_err(|e| quant_error(p, path, e))
-            })();
-            if let Err(e) = res {
-                if let Ok(mut f) = failed.lock() {
-                    f.get_or_insert(e);
+}
+
+/// A chunk of rows of one tensor.
+#[derive(Clone, Copy)]
+struct Item {
+    tensor: usize,
+    row: usize,
+    n_rows: usize,
+}
+
+/// A tensor being quantized: its output and the rows still to come.
+struct Slot {
+    out: Vec<u8>,
+    rows_left: usize,
+}
+
+/// The scheduler's state, behind one mutex (held only to hand out a chunk, or to store a
+/// finished chunk's bytes: microseconds against the milliseconds a chunk takes).
+#[derive(Default)]
+struct State {
+    /// The first tensor not started yet.
+    next: usize,
+    /// The tensor whose chunks are being handed out, and its next row.
+    cur: Option<(usize, usize)>,
+    slots: HashMap<usize, Slot>,
+    /// Output bytes of started tensors not written yet.
+    inflight: usize,
+    /// Output buffers given back by the writer, reused for later tensors.
+    pool: Vec<Vec<u8>>,
+    failed: Option<Error>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when output bytes are written (budget freed) or a thread fails.
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fail(&self, e: Error) {
+        self.lock().failed.get_or_insert(e);
+        self.wake.notify_all();
+    }
+}
+
+/// Records a panic as a failure so that no other thread waits for the panicking one.
+struct FailOnPanic<'a>(&'a Shared);
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .fail(Error::Internal("a quantize thread panicked".to_string()));
+        }
+    }
+}
+
+/// A buffer of `len` bytes from the pool: the smallest that is large enough, else the largest
+/// (grown), else a new one. Every byte is overwritten by the quantizers; reusing buffers
+/// avoids faulting fresh pages in (and unmapping them) for every tensor.
+fn take_buffer(pool: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
+    let fit = pool
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.capacity() >= len)
+        .min_by_key(|(_, b)| b.capacity())
+        .or_else(|| pool.iter().enumerate().max_by_key(|(_, b)| b.capacity()))
+        .map(|(i, _)| i);
+    let mut buf = fit.map(|i| pool.swap_remove(i)).unwrap_or_default();
+    buf.resize(len, 0);
+    buf
+}
+
+/// The quantize driver.
+///
+/// `threads` workers (the calling thread and `threads - 1` more, like llama.cpp's `nthread`)
+/// take chunks of about 64 Ki elements from one queue that runs over all tensors in output
+/// order, so no worker idles at the end of a small tensor. A worker reads its chunk from the
+/// input file, converts it to f32 and quantizes it in buffers of its own (a few hundred KiB,
+/// reused), then copies the bytes into the tensor's output buffer. A finished tensor goes to
+/// the writer thread, which writes tensors in order (one large write each) and copies the
+/// tensors that keep their type; it mostly waits on I/O. Tensors are started while less than
+/// [`INFLIGHT_BYTES`] of output is pending, so reading and quantizing the next tensors overlap
+/// writing the previous ones while memory stays at a few tensors.
+///
+/// Rows are quantized independently, so the output does not depend on chunking or threads.
+struct Pipeline<'a> {
+    plan: &'a [PlannedTensor],
+    jobs: &'a [TensorJob],
+    input: &'a Input<'a>,
+    path: &'a Path,
+    bar: Option<&'a indicatif::ProgressBar>,
+}
+
+impl Pipeline<'_> {
+    fn run(&self, threads: usize, writers: Vec<GgufWriter>) -> Result<Vec<GgufWriter>> {
+        let shared = Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+        };
+        let (tx, rx) = mpsc::channel::<(usize, Vec<u8>)>();
+        let written = std::thread::scope(|s| {
+            let sh = &shared;
+            let writer = s.spawn(move || {
+                let _guard = FailOnPanic(sh);
+                match self.write(sh, rx, writers) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        sh.fail(e);
+                        None
+                    }
                 }
+            });
+            for _ in 1..threads.max(1) {
+                let tx = tx.clone();
+                s.spawn(move || self.work(sh, tx));
+            }
+            self.work(sh, tx);
+            writer.join()
+        });
+        let state = shared.state.into_inner().unwrap_or_else(PoisonError::into_inner);
+        if let Some(e) = state.failed {
+            return Err(e);
+        }
+        match written {
+            Ok(Some(w)) => Ok(w),
+            Ok(None) | Err(_) => Err(Error::Internal(
+                "the quantize writer thread stopped".to_string(),
+            )),
+        }
+    }
+
+    /// A worker: chunks until there are none left or a thread failed.
+    fn work(&self, sh: &Shared, tx: mpsc::Sender<(usize, Vec<u8>)>) {
+        let _guard = FailOnPanic(sh);
+        let mut raw: Vec<u8> = Vec::new();
+        let mut rows: Vec<f32> = Vec::new();
+        let mut out: Vec<u8> = Vec::new();
+        while let Some(item) = self.next_item(sh, &tx) {
+            if let Err(e) = self.quantize(item, &mut raw, &mut rows, &mut out) {
+                sh.fail(e);
                 return;
             }
-            done.fetch_add(nrows as u64, Ordering::Relaxed);
+            let j = &self.jobs[item.tensor];
+            let mut st = sh.lock();
+            let start = item.row * j.dst_row;
+            let Some(slot) = st.slots.get_mut(&item.tensor) else {
+                drop(st);
+                sh.fail(Error::Internal("quantize chunk of no tensor".to_string()));
+                return;
+            };
+            let Some(dst) = slot.out.get_mut(start..start + out.len()) else {
+                drop(st);
+                sh.fail(Error::Internal("quantize chunk out of range".to_string()));
+                return;
+            };
+            dst.copy_from_slice(&out);
+            slot.rows_left -= item.n_rows;
+            if slot.rows_left == 0 {
+                if let Some(slot) = st.slots.remove(&item.tensor) {
+                    // The writer is gone only after a failure, which `failed` records.
+                    let _ = tx.send((item.tensor, slot.out));
+                }
+            }
         }
-    };
-    let n_threads = threads.max(1);
-    std::thread::scope(|s| {
-        for _ in 1..n_threads {
-            s.spawn(worker);
+    }
+
+    /// The next chunk: of the current tensor, else of the next tensor to convert once the
+    /// output budget allows starting it. `None` when all are handed out or a thread failed.
+    fn next_item(&self, sh: &Shared, tx: &mpsc::Sender<(usize, Vec<u8>)>) -> Option<Item> {
+        let mut st = sh.lock();
+        loop {
+            if st.failed.is_some() {
+                return None;
+            }
+            if let Some((tensor, row)) = st.cur {
+                let j = &self.jobs[tensor];
+                let expert_end = (row / j.rows_per_expert + 1) * j.rows_per_expert;
+                let n_rows = rows_per_chunk(j.n_per_row)
+                    .min(expert_end - row)
+                    .min(j.n_rows - row);
+                st.cur = (row + n_rows < j.n_rows).then_some((tensor, row + n_rows));
+                return Some(Item {
+                    tensor,
+                    row,
+                    n_rows,
+                });
+            }
+            let tensor = (st.next..self.jobs.len()).find(|&i| !self.jobs[i].copy)?;
+            let j = &self.jobs[tensor];
+            if st.inflight > 0 && st.inflight + j.out_len > INFLIGHT_BYTES {
+                // Freed by the writer (which is waiting for tensors started before this one,
+                // all of whose chunks are handed out) or woken by a failure.
+                st = sh.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            st.next = tensor + 1;
+            st.inflight += j.out_len;
+            let out = take_buffer(&mut st.pool, j.out_len);
+            if j.n_rows == 0 || j.n_per_row == 0 {
+                let _ = tx.send((tensor, out));
+            } else {
+                st.slots.insert(
+                    tensor,
+                    Slot {
+                        out,
+                        rows_left: j.n_rows,
+                    },
+                );
+                st.cur = Some((tensor, 0));
+            }
         }
-        worker();
-    });
-    if let Some(e) = failed.into_inner().ok().flatten() {
-        return Err(e);
     }
-    if done.load(Ordering::Relaxed) != n_rows as u64 {
-        return Err(Error::Internal(format!(
-            "tensor {}: {} of {n_rows} rows converted",
-            p.name,
-            done.load(Ordering::Relaxed)
-        )));
+
+    /// Read, convert and quantize one chunk into `out`.
+    fn quantize(
+        &self,
+        item: Item,
+        raw: &mut Vec<u8>,
+        rows: &mut Vec<f32>,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let p = &self.plan[item.tensor];
+        let j = &self.jobs[item.tensor];
+        raw.resize(item.n_rows * j.src_row, 0);
+        self.input.read(p, j, item.row * j.src_row, raw)?;
+        rows.resize(item.n_rows * j.n_per_row, 0.0);
+        to_f32(p.cur, raw, rows).map_err(|e| quant_error(p, self.path, e))?;
+        let expert = item.row / j.rows_per_expert;
+        let weights = match p.imatrix.as_deref() {
+            // The length was checked against ne[0] × ne[2]; a 4-D tensor has more row groups
+            // than that (llama.cpp does not support those either).
+            Some(w) => Some(
+                w.get(expert * j.n_per_row..(expert + 1) * j.n_per_row)
+                    .ok_or_else(|| {
+                        usage(
+                            format!(
+                                "tensor {}: no importance weights for row group {expert}",
+                                p.name
+                            ),
+                            HELP_BUILD,
+                        )
+                    })?,
+            ),
+            None => None,
+        };
+        out.resize(item.n_rows * j.dst_row, 0);
+        quants::quantize_rows(p.new, rows, j.n_per_row, weights, out)
+            .map_err(|e| quant_error(p, self.path, e))
     }
-    Ok(out)
+
+    /// The writer: every tensor in order, into its output file.
+    fn write(
+        &self,
+        sh: &Shared,
+        rx: mpsc::Receiver<(usize, Vec<u8>)>,
+        mut writers: Vec<GgufWriter>,
+    ) -> Result<Vec<GgufWriter>> {
+        let mut done: HashMap<usize, Vec<u8>> = HashMap::new();
+        let mut copy: Vec<u8> = Vec::new();
+        for (i, (p, j)) in self.plan.iter().zip(self.jobs).enumerate() {
+            let w = writers.get_mut(p.out_split).ok_or_else(|| {
+                Error::Internal(format!("tensor {}: no output split {}", p.name, p.out_split))
+            })?;
+            if j.copy {
+                if sh.lock().failed.is_some() {
+                    break;
+                }
+                copy.resize(j.in_len, 0);
+                self.input.read(p, j, 0, &mut copy)?;
+                w.write_tensor(&copy)?;
+            } else {
+                let out = loop {
+                    if let Some(out) = done.remove(&i) {
+                        break out;
+                    }
+                    match rx.recv() {
+                        Ok((k, out)) => {
+                            done.insert(k, out);
+                        }
+                        // Every worker has stopped: one failed and said why.
+                        Err(_) => return Ok(writers),
+                    }
+                };
+                let res = w.write_tensor(&out);
+                {
+                    let mut st = sh.lock();
+                    st.inflight -= j.out_len;
+                    st.pool.push(out);
+                }
+                sh.wake.notify_all();
+                res?;
+            }
+            if let Some(bar) = self.bar {
+                bar.inc(j.in_len as u64);
+            }
+        }
+        Ok(writers)
+    }
 }
 
 fn quant_error(p: &PlannedTensor, path: &Path, e: quants::QuantError) -> Error {
@@ -1803,9 +2119,7 @@ fn to_f32(
             Ok(())
         }
         GgmlType::F16 => {
-            for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                *d = quants::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
-            }
+            f16_to_f32_slice(src, dst);
             Ok(())
         }
         GgmlType::BF16 => {
@@ -1816,6 +2130,50 @@ fn to_f32(
         }
         _ => quants::dequantize_rows(ty, src, dst),
     }
+}
+
+/// Little-endian F16 values to f32 (exact: every f16 is an f32), 8 at a time with F16C when
+/// the CPU has it.
+fn f16_to_f32_slice(src: &[u8], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("f16c")
+    {
+        // SAFETY: the CPU has AVX and F16C, checked just above.
+        unsafe { f16_to_f32_f16c(src, dst) };
+        return;
+    }
+    f16_to_f32_scalar(src, dst);
+}
+
+fn f16_to_f32_scalar(src: &[u8], dst: &mut [f32]) {
+    for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        *d = quants::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+    }
+}
+
+/// `vcvtph2ps`: bit-identical to [`quants::f16_to_f32`] for every input (a unit test checks all
+/// 65536).
+///
+/// # Safety
+/// The CPU must support AVX and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn f16_to_f32_f16c(src: &[u8], dst: &mut [f32]) {
+    use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+    let n = dst.len().min(src.len() / 2);
+    let whole = n - n % 8;
+    for (d, s) in dst[..whole]
+        .chunks_exact_mut(8)
+        .zip(src[..2 * whole].chunks_exact(16))
+    {
+        // SAFETY: `s` holds 16 bytes and `d` 8 floats; both intrinsics accept unaligned
+        // pointers.
+        unsafe {
+            let h = _mm_loadu_si128(s.as_ptr().cast::<__m128i>());
+            _mm256_storeu_ps(d.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+    }
+    f16_to_f32_scalar(&src[2 * whole..2 * n], &mut dst[whole..n]);
 }
 
 fn progress_bar(enabled: bool, total: u64) -> Option<indicatif::ProgressBar> {

@@ -355,6 +355,19 @@ fn run(cli: &Cli) -> Result<()> {
             }
         }
         Command::Inspect(args) => {
+            // GGUF files get the full llama.cpp-style report (metadata, types, bits per weight);
+            // everything else gets the model facts.
+            if edgeai::facts::detect_format(&args.model)? == Some(edgeai::facts::ModelFormat::Gguf)
+                && args.model.is_file()
+            {
+                let inspect = edgeai::gguf::inspect_gguf(&args.model)?;
+                return match args.format {
+                    Format::Json => print(&report::to_json(&inspect)),
+                    Format::Human => {
+                        print(&edgeai::gguf::render_gguf_inspect(&inspect, args.tensors))
+                    }
+                };
+            }
             let facts = read_model_facts(&args.model)?;
             match args.format {
                 Format::Json => print(&report::to_json(&facts)),

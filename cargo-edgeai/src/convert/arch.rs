@@ -485,6 +485,97 @@ pub fn hparam_metadata(
     m
 }
 
+/// The rotary scaling parameters of config.json (`rope_parameters`, else `rope_scaling`),
+/// with the top-level `rope_theta` and `original_max_position_embeddings` mirrored in as
+/// the reference's `TextModel.__init__` does, and `type` read as `rope_type`.
+fn rope_params(cfg: &Map<String, Value>) -> Map<String, Value> {
+    let mut r = cfg
+        .get("rope_parameters")
+        .or_else(|| cfg.get("rope_scaling"))
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(full) = r.get("full_attention").and_then(Value::as_object) {
+        return full.clone();
+    }
+    if r.contains_key("sliding_attention") {
+        return r;
+    }
+    if !r.contains_key("rope_theta") {
+        if let Some(t) = find(
+            cfg,
+            &[
+                "global_rope_theta",
+                "rope_global_theta",
+                "rope_theta_global",
+                "rope_theta",
+                "rotary_emb_base",
+            ],
+        ) {
+            r.insert("rope_theta".into(), t.clone());
+        }
+    }
+    if !r.contains_key("rope_type") {
+        if let Some(t) = r.get("type").cloned() {
+            r.insert("rope_type".into(), t);
+        }
+    }
+    if !r.contains_key("original_max_position_embeddings") {
+        if let Some(n) = find(cfg, &["original_max_position_embeddings"]) {
+            r.insert("original_max_position_embeddings".into(), n.clone());
+        }
+    }
+    r
+}
+
+/// Llama 3's `rope_freqs.weight` (`LlamaModel.generate_extra_tensors`) when config.json's
+/// rope type is `llama3`: one factor per rotary frequency pair, `head_dim / 2` values.
+///
+/// The reference computes in float32 torch tensors, and so does this, operation by
+/// operation: `freqs = 1 / base^(arange(0, dim, 2) / dim)`; `2π / freq` is torch's
+/// `freq.reciprocal() * 2π`, and likewise `old_context_len / wavelen`; every Python scalar
+/// joins the arithmetic rounded to f32. The one step that cannot be bit-identical by
+/// construction is `pow`: torch's CPU kernel uses SLEEF's `powf` (≤ 1 ULP), here it is the
+/// f64 power rounded to f32 (correctly rounded); a last-bit difference there can only move
+/// a factor in the smooth band between `high_freq_factor` and `low_freq_factor`.
+pub fn llama3_rope_freqs(cfg: &Map<String, Value>, hp: &HParams) -> Option<Vec<f32>> {
+    let r = rope_params(cfg);
+    let ty = r.get("rope_type").and_then(Value::as_str)?;
+    if !ty.eq_ignore_ascii_case("llama3") {
+        return None;
+    }
+    let num = |k: &str, default: f64| r.get(k).and_then(Value::as_f64).unwrap_or(default);
+    let base = num("rope_theta", 10000.0) as f32;
+    let dim = find_u64(cfg, &["head_dim"]).unwrap_or(hp.n_embd / hp.n_head.max(1));
+    let factor = num("factor", 8.0);
+    let low_freq_factor = num("low_freq_factor", 1.0);
+    let high_freq_factor = num("high_freq_factor", 4.0);
+    let old_context_len = num("original_max_position_embeddings", 8192.0);
+    // Python divides these in f64; torch compares and subtracts them as f32.
+    let low_freq_wavelen = (old_context_len / low_freq_factor) as f32;
+    let high_freq_wavelen = (old_context_len / high_freq_factor) as f32;
+    let two_pi = (2.0 * std::f64::consts::PI) as f32;
+    let dim_f = dim as f32;
+    let mut out = Vec::with_capacity(dim as usize / 2);
+    for i in (0..dim).step_by(2) {
+        let exponent = i as f32 / dim_f;
+        let p = (f64::from(base)).powf(f64::from(exponent)) as f32;
+        let freq = 1.0f32 / p;
+        let wavelen = (1.0f32 / freq) * two_pi;
+        let v = if wavelen < high_freq_wavelen {
+            1.0f32
+        } else if wavelen > low_freq_wavelen {
+            factor as f32
+        } else {
+            let smooth = ((1.0f32 / wavelen) * old_context_len as f32 - low_freq_factor as f32)
+                / (high_freq_factor - low_freq_factor) as f32;
+            1.0f32 / ((1.0f32 - smooth) / factor as f32 + smooth)
+        };
+        out.push(v);
+    }
+    Some(out)
+}
+
 /// The llama rotary permutation as a row map: output row `r` takes input row
 /// `permute_row(r, ...)` (`LlamaModel.permute`: reshape(n_head, 2, rows/n_head/2, ...)
 /// .swapaxes(1, 2)).
@@ -513,6 +604,47 @@ pub fn unpermute_row(r: usize, rows: usize, n_head: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Llama 3.1 8B's rope_scaling (theta 500000, head_dim 128, factor 8, low 1, high 4,
+    /// original context 8192). Expected values computed by hand in float32 (numpy f32 with
+    /// the reference's operation order): 29 pairs keep 1.0 (wavelength < 2048), 29 get the
+    /// full factor 8 (wavelength > 8192), and pairs 29..=34 are smoothed.
+    #[test]
+    fn llama3_rope_freqs_match_hand_computation() {
+        let cfg: Map<String, Value> = serde_json::from_str(
+            r#"{"hidden_size": 4096, "num_attention_heads": 32, "rope_theta": 500000.0,
+                "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192, "rope_type": "llama3"}}"#,
+        )
+        .unwrap();
+        let hp = HParams {
+            n_layer: 1,
+            n_embd: 4096,
+            n_ff: 1,
+            n_head: 32,
+            n_head_kv: 8,
+            head_dim: 128,
+            vocab: 1,
+        };
+        let f = llama3_rope_freqs(&cfg, &hp).expect("llama3 rope");
+        assert_eq!(f.len(), 64);
+        assert!(f[..29].iter().all(|&v| v == 1.0));
+        assert!(f[35..].iter().all(|&v| v == 8.0));
+        let smooth: Vec<u32> = f[29..35].iter().map(|v| v.to_bits()).collect();
+        assert_eq!(
+            smooth,
+            [0x3f9a8ed5, 0x3fc6d64a, 0x4001af1d, 0x402c732e, 0x406bcace, 0x40a83c06]
+        );
+        // 1.2074839 = 1 / ((1 - s) / 8 + s) with s = (8192 / wavelen(29) - 1) / 3: an
+        // independent f64 evaluation agrees to f32 precision.
+        let wl = 2.0 * std::f64::consts::PI * 500000f64.powf(58.0 / 128.0);
+        let s = (8192.0 / wl - 1.0) / 3.0;
+        assert!((1.0 / ((1.0 - s) / 8.0 + s) - f64::from(f[29])).abs() < 1e-6);
+        // No llama3 rope type, no tensor.
+        let mut plain = cfg.clone();
+        plain.remove("rope_scaling");
+        assert!(llama3_rope_freqs(&plain, &hp).is_none());
+    }
 
     #[test]
     fn permutation_round_trips() {

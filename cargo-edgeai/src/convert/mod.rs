@@ -18,6 +18,8 @@
 //! memory-mapped inputs and one output tensor at a time.
 
 pub mod arch;
+pub mod model_card;
+pub mod sentencepiece;
 pub mod tokenizer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -161,6 +163,9 @@ struct Planned {
     base: GgmlType,
     /// Type written.
     out: GgmlType,
+    /// Little-endian F32 data computed from config.json (Llama 3's `rope_freqs.weight`)
+    /// instead of read from a shard.
+    generated: Option<Vec<u8>>,
 }
 
 impl Planned {
@@ -257,21 +262,6 @@ fn config_dtype(cfg: &Map<String, Value>) -> Option<GgmlType> {
         "bfloat16" => Some(GgmlType::BF16),
         _ => None,
     }
-}
-
-/// `general.name`: the last part of `_name_or_path`, else the directory name.
-fn model_name(cfg: &Map<String, Value>, dir: &Path) -> String {
-    if let Some(n) = cfg.get("_name_or_path").and_then(Value::as_str) {
-        if let Some(last) = n.trim_end_matches('/').rsplit('/').next() {
-            if !last.is_empty() {
-                return last.to_string();
-            }
-        }
-    }
-    let canon = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    canon
-        .file_name()
-        .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 /// `modules.json` → `1_Pooling/config.json` pooling type (MEAN 1, CLS 2, LAST 3).
@@ -441,6 +431,7 @@ fn inspect(dir: &Path, outtype: OutType) -> Result<Inspected> {
                 transform: m.transform,
                 base,
                 out: base,
+                generated: None,
             });
         }
     }
@@ -464,6 +455,23 @@ fn inspect(dir: &Path, outtype: OutType) -> Result<Inspected> {
             ));
         }
     }
+    // LlamaModel.generate_extra_tensors: Llama 3 rotary scaling factors, always F32.
+    if arch == Arch::Llama {
+        if let Some(freqs) = arch::llama3_rope_freqs(&cfg, &hp) {
+            let bytes: Vec<u8> = freqs.iter().flat_map(|v| v.to_le_bytes()).collect();
+            plan.push(Planned {
+                name: "rope_freqs.weight".into(),
+                shard: 0,
+                range: (0, bytes.len()),
+                src: GgmlType::F32,
+                shape: vec![freqs.len() as u64],
+                transform: Transform::None,
+                base: GgmlType::F32,
+                out: GgmlType::F32,
+                generated: Some(bytes),
+            });
+        }
+    }
     plan.sort_by(|a, b| weight_order(&a.name, &b.name));
 
     // Metadata.
@@ -478,11 +486,10 @@ fn inspect(dir: &Path, outtype: OutType) -> Result<Inspected> {
             GgufValue::String(arch.name().into()),
         ),
         ("general.type".into(), GgufValue::String("model".into())),
-        (
-            "general.name".into(),
-            GgufValue::String(model_name(&cfg, dir)),
-        ),
     ];
+    // The reference counts the parameters of every tensor it writes (for the size label).
+    let total_params: u64 = plan.iter().map(|p| p.shape.iter().product::<u64>()).sum();
+    metadata.extend(model_card::general_metadata(dir, &cfg, total_params));
     metadata.extend(arch::hparam_metadata(arch, &cfg, &hp, file_type));
     if arch == Arch::Bert {
         if let Some(p) = pooling_type(dir)? {
@@ -668,7 +675,18 @@ pub fn do_convert(opts: &ConvertOptions) -> Result<ConvertReport> {
         seconds: 0.0,
     };
     for p in &ins.plan {
-        let shard = &ins.shards[p.shard];
+        if let Some(g) = &p.generated {
+            let data = convert_tensor(p, g, threads, &opts.input)?;
+            writer.write_tensor(&data)?;
+            report.output_bytes += data.len() as u64;
+            let t = report.by_type.entry(p.out.name().to_string()).or_default();
+            t.tensors += 1;
+            t.bytes += data.len() as u64;
+            continue;
+        }
+        let shard = ins.shards.get(p.shard).ok_or_else(|| {
+            Error::Internal(format!("tensor {} has no input shard", p.name))
+        })?;
         let src = shard.map.get(p.range.0..p.range.1).ok_or_else(|| {
             Error::model(
                 &shard.path,

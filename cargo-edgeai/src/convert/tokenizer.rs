@@ -1,6 +1,9 @@
-//! tokenizer.json (+ tokenizer_config.json, config.json, chat_template.jinja) to the
-//! `tokenizer.ggml.*` metadata the reference converter writes: `get_vocab_base`,
-//! `_set_vocab_gpt2`, `BertModel.set_vocab` and gguf-py's `SpecialVocab`.
+//! tokenizer.json / tokenizer.model (+ tokenizer_config.json, added_tokens.json,
+//! config.json, chat_template.jinja) to the `tokenizer.ggml.*` metadata the reference
+//! converter writes: `get_vocab_base`, `_set_vocab_gpt2`, `BertModel.set_vocab`,
+//! `_set_vocab_sentencepiece`, `_set_vocab_llama_hf`, Phi-3's sentencepiece variant and
+//! gguf-py's `SpecialVocab`. tokenizer.model is read with [`super::sentencepiece`], so no
+//! sentencepiece runtime is needed.
 //!
 //! The reference detects the pre-tokenizer by hashing the token ids of a probe text through
 //! the `transformers` tokenizer. We have no tokenizer runtime, so the pre-tokenizer is
@@ -11,6 +14,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::arch::Arch;
+use super::sentencepiece;
 use crate::gguf::{GgufArray, GgufValue};
 use crate::{Error, Result};
 
@@ -18,12 +22,16 @@ use crate::{Error, Result};
 pub mod token_type {
     /// Ordinary token.
     pub const NORMAL: i32 = 1;
+    /// The unknown token (`<unk>`).
+    pub const UNKNOWN: i32 = 2;
     /// Control token.
     pub const CONTROL: i32 = 3;
     /// User-defined token.
     pub const USER_DEFINED: i32 = 4;
     /// Padding slot.
     pub const UNUSED: i32 = 5;
+    /// Byte-fallback token (`<0x0A>`).
+    pub const BYTE: i32 = 6;
 }
 
 /// The Llama 3 pre-tokenizer regex (`llama-bpe`).
@@ -1029,7 +1037,6 @@ fn special_vocab(
     }
     *meta_out = meta;
     Ok(())
-}
 }
 
 fn parse_normalizer(n: &Value, lower: &mut Option<bool>, strip: &mut Option<bool>) {

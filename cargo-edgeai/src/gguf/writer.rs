@@ -206,9 +206,16 @@ fn create_temp(path: &Path) -> Result<NamedTempFile> {
     };
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let prefix = format!(".{}.tmp-{}-{n}", name.to_string_lossy(), std::process::id());
-    tempfile::Builder::new()
-        .prefix(&prefix)
-        .rand_bytes(0)
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).rand_bytes(0);
+    // Temp files default to 0600; a model is not a secret, and llama.cpp's fopen gives
+    // 0666 minus the umask, so do the same (the kernel applies the umask to this mode).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    builder
         .tempfile_in(&dir)
         .map_err(|e| Error::io(dir.join(&prefix), e))
 }

@@ -1138,9 +1138,7 @@ pub(super) fn quantize_row_q5_k(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
 /// The baseline (non-AVX2) row quantizers, for the tests that compare them with the dispatching
 /// entry points.
 #[cfg(test)]
-pub(super) fn baseline_row(
-    ty: crate::gguf::GgmlType,
-) -> Option<fn(&[f32], Option<&[f32]>, &mut [u8])> {
+pub(super) fn baseline_row(ty: crate::gguf::GgmlType) -> Option<super::RowQuantizer> {
     use crate::gguf::GgmlType::*;
     Some(match ty {
         Q2_K => q2_k_rows,

@@ -343,11 +343,10 @@ mod simd {
                 neg |= (_mm_movemask_ps(v[c]) as u32) << (4 * c);
             }
             let first = eq & eq.wrapping_neg();
-            if amax > 0.0 && first & neg != 0 {
-                -amax
-            } else {
-                amax
-            }
+            // Branch-free (the sign is random data: a branch here mispredicts half the time).
+            // amax is never negative, so or-ing the sign bit in gives exactly -amax.
+            let negate = u32::from(first & neg != 0) & u32::from(amax > 0.0);
+            f32::from_bits(amax.to_bits() | (negate << 31))
         }
     }
 

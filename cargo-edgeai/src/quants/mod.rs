@@ -305,10 +305,14 @@ pub(crate) fn c_max(a: f32, b: f32) -> f32 {
     }
 }
 
+/// A row quantizer: `(x, imatrix, y)`.
+#[cfg(test)]
+type RowQuantizer = fn(&[f32], Option<&[f32]>, &mut [u8]);
+
 /// The portable (baseline x86-64 / non-x86) row quantizer of `ty` where the build also has a
 /// SIMD or multiversioned one, for the tests that compare the two.
 #[cfg(test)]
-fn baseline_row(ty: GgmlType) -> Option<fn(&[f32], Option<&[f32]>, &mut [u8])> {
+fn baseline_row(ty: GgmlType) -> Option<RowQuantizer> {
     match ty {
         GgmlType::Q4_0 => Some(legacy::quantize_row_q4_0_scalar),
         _ => kquants::baseline_row(ty),
