@@ -265,7 +265,13 @@ fn fit_llama3_rope(
         vocab: 1,
     };
     for old in [8192u64, 4096, 16384, 32768, 65536, 131072, 2048] {
-        for (low, high) in [(1.0f32, 4.0f32), (1.0, 2.0), (1.0, 8.0), (2.0, 4.0), (0.5, 4.0)] {
+        for (low, high) in [
+            (1.0f32, 4.0f32),
+            (1.0, 2.0),
+            (1.0, 8.0),
+            (2.0, 4.0),
+            (0.5, 4.0),
+        ] {
             let mut r = Map::new();
             r.insert("factor".into(), json_f32(factor));
             r.insert("high_freq_factor".into(), json_f32(high));
@@ -278,7 +284,10 @@ fn fit_llama3_rope(
             cfg.insert("rope_scaling".into(), Value::Object(r.clone()));
             let got = crate::convert::arch::llama3_rope_freqs(&cfg, &hp)?;
             let same = got.len() == freqs.len()
-                && got.iter().zip(freqs).all(|(a, b)| a.to_bits() == b.to_bits());
+                && got
+                    .iter()
+                    .zip(freqs)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
             if same {
                 return Some(r);
             }

@@ -498,39 +498,50 @@ fn token_ids(model: &Path, text: &str) -> Vec<usize> {
     serde_json::from_str::<Vec<usize>>(line.trim()).expect("ids")
 }
 
+/// llama.cpp's embeddings of [`SENTENCES`], one llama-embedding run per sentence.
+///
+/// llama-embedding prints through llama.cpp's asynchronous logger, and its stdout is
+/// sometimes cut short at exit (seen here: 16 sentences cut mid-array every time, 2
+/// sentences cut once in 2 runs, exit status 0 either way). So each sentence runs alone
+/// and a run whose JSON is incomplete is repeated (up to 5 times).
 fn llama_embeddings(model: &Path) -> Vec<Vec<f32>> {
-    let prompt = SENTENCES.join("\n");
-    let o = run_tool(
-        "llama-embedding",
-        &[
-            "-m",
-            s(model),
-            "-p",
-            &prompt,
-            "--pooling",
-            "mean",
-            "--embd-normalize",
-            "2",
-            "--embd-output-format",
-            "json",
-            "-t",
-            "2",
-        ],
-    );
-    let v: Value = serde_json::from_slice(&o.stdout).expect("embedding json");
-    v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
+    let mut out = Vec::new();
+    for sentence in SENTENCES {
+        let mut parsed = None;
+        for _ in 0..5 {
+            let o = run_tool(
+                "llama-embedding",
+                &[
+                    "-m",
+                    s(model),
+                    "-p",
+                    sentence,
+                    "--pooling",
+                    "mean",
+                    "--embd-normalize",
+                    "2",
+                    "--embd-output-format",
+                    "json",
+                    "-t",
+                    "2",
+                ],
+            );
+            if let Ok(v) = serde_json::from_slice::<Value>(&o.stdout) {
+                parsed = Some(v);
+                break;
+            }
+        }
+        let v = parsed.expect("complete embedding JSON from llama-embedding in 5 runs");
+        out.extend(v["data"].as_array().unwrap().iter().map(|d| {
             d["embedding"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
+                .collect::<Vec<f32>>()
+        }));
+    }
+    out
 }
 
 /// all-MiniLM-L6-v2 → GGUF F16 / Q8_0: llama.cpp's embeddings against an independent f32
@@ -864,9 +875,33 @@ use edgeai::convert::sentencepiece::{encode_model, piece_type, Piece};
 
 /// Multi-character pieces of the tiny sentencepiece model, best first.
 const SPM_MERGES: [&str; 27] = [
-    "\u{2581}t", "he", "\u{2581}the", "\u{2581}a", "in", "er", "on", "\u{2581}b", "ro", "wn",
-    "\u{2581}f", "ox", "\u{2581}qu", "ick", "\u{2581}l", "az", "\u{2581}d", "og", "\u{2581}o",
-    "ve", "ver", "\u{2581}j", "um", "ps", "\u{2581}ju", "mps", "\u{2581}jumps",
+    "\u{2581}t",
+    "he",
+    "\u{2581}the",
+    "\u{2581}a",
+    "in",
+    "er",
+    "on",
+    "\u{2581}b",
+    "ro",
+    "wn",
+    "\u{2581}f",
+    "ox",
+    "\u{2581}qu",
+    "ick",
+    "\u{2581}l",
+    "az",
+    "\u{2581}d",
+    "og",
+    "\u{2581}o",
+    "ve",
+    "ver",
+    "\u{2581}j",
+    "um",
+    "ps",
+    "\u{2581}ju",
+    "mps",
+    "\u{2581}jumps",
 ];
 
 /// A tiny sentencepiece BPE vocabulary: `<unk>` `<s>` `</s>`, the 256 byte pieces, `▁`,
@@ -909,7 +944,10 @@ fn write_spm_tokenizer(dir: &Path) {
         .iter()
         .map(|m| {
             let c: Vec<char> = m.chars().collect();
-            json!([c[..1].iter().collect::<String>(), c[1..].iter().collect::<String>()])
+            json!([
+                c[..1].iter().collect::<String>(),
+                c[1..].iter().collect::<String>()
+            ])
         })
         .collect();
     let added = |id: u64, content: &str, special: bool| {
@@ -935,7 +973,11 @@ fn write_spm_tokenizer(dir: &Path) {
                   "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
                   "ignore_merges": false, "vocab": vocab, "merges": merges}
     });
-    std::fs::write(dir.join("tokenizer.json"), serde_json::to_vec(&tok).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_vec(&tok).unwrap(),
+    )
+    .unwrap();
     let dec = |content: &str, special: bool| {
         json!({"content": content, "lstrip": false, "normalized": false, "rstrip": false,
                "single_word": false, "special": special})
@@ -948,7 +990,11 @@ fn write_spm_tokenizer(dir: &Path) {
         "clean_up_tokenization_spaces": false, "legacy": false,
         "model_max_length": 2048, "tokenizer_class": "LlamaTokenizer"
     });
-    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_vec(&tc).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_vec(&tc).unwrap(),
+    )
+    .unwrap();
 }
 
 /// A sentencepiece-vocabulary llama converts with the metadata the reference converter's
@@ -1007,7 +1053,10 @@ fn sentencepiece_llama_converts_loads_and_tokenizes() {
         (tokens[314].as_str(), types[314], scores[314]),
         (" hello", 4, -1000.0)
     );
-    assert_eq!((tokens[319].as_str(), types[319], scores[319]), ("[PAD319]", 5, -10000.0));
+    assert_eq!(
+        (tokens[319].as_str(), types[319], scores[319]),
+        ("[PAD319]", 5, -10000.0)
+    );
     let u32_of = |k: &str| h.get_u64(k);
     assert_eq!(u32_of("tokenizer.ggml.bos_token_id"), Some(1));
     assert_eq!(u32_of("tokenizer.ggml.eos_token_id"), Some(2));
@@ -1040,7 +1089,11 @@ fn sentencepiece_llama_converts_loads_and_tokenizes() {
         .args(["-m", s(&out), "-n", "2", "hello world"])
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 
     // Without tokenizer.model, `_set_vocab_llama_hf`'s vocabulary (not padded) has 315
     // tokens for an embedding of 320: refused before any output.
@@ -1090,7 +1143,10 @@ fn llama3_rope_freqs_generated_and_round_tripped() {
     let exported: Value =
         serde_json::from_slice(&std::fs::read(hf.join("config.json")).unwrap()).unwrap();
     assert_eq!(exported["rope_scaling"]["rope_type"], "llama3");
-    assert_eq!(exported["rope_scaling"]["original_max_position_embeddings"], 8192);
+    assert_eq!(
+        exported["rope_scaling"]["original_max_position_embeddings"],
+        8192
+    );
     let second = ctx.path("rope2.gguf");
     ok(
         &ctx,
@@ -1098,4 +1154,145 @@ fn llama3_rope_freqs_generated_and_round_tripped() {
     );
     let b = GgufFile::open(&second).unwrap();
     assert_eq!(b.tensor_data_by_name("rope_freqs.weight"), Some(&rf[..]));
+}
+
+// ---- memory and speed on a multi-GB model -----------------------------------------------------
+
+/// Write an F32 llama of hidden 4096, 4 layers, ffn 11008, vocab 32000 (4.29 GB of tensor
+/// data, real bytes: a repeating pattern of small values) as one safetensors file.
+fn write_big_llama(dir: &Path) -> u64 {
+    std::fs::create_dir_all(dir).unwrap();
+    let (e, ff, l, v) = (4096usize, 11008usize, 4usize, 32000usize);
+    let cfg = json!({
+        "architectures": ["LlamaForCausalLM"], "hidden_size": e, "intermediate_size": ff,
+        "num_attention_heads": 32, "num_key_value_heads": 32, "num_hidden_layers": l,
+        "vocab_size": v, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "bos_token_id": 1, "eos_token_id": 2,
+        "tie_word_embeddings": false, "torch_dtype": "float32"
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let tiny = fixture("tiny-llama-f32");
+    // The fixture tokenizer has 320 tokens; pad ids are filled in up to vocab_size.
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tiny.join(f), dir.join(f)).unwrap();
+    }
+    let mut tensors: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![v, e]),
+        ("model.norm.weight".into(), vec![e]),
+        ("lm_head.weight".into(), vec![v, e]),
+    ];
+    for i in 0..l {
+        let p = format!("model.layers.{i}");
+        tensors.push((format!("{p}.input_layernorm.weight"), vec![e]));
+        tensors.push((format!("{p}.post_attention_layernorm.weight"), vec![e]));
+        for n in ["q", "k", "v", "o"] {
+            tensors.push((format!("{p}.self_attn.{n}_proj.weight"), vec![e, e]));
+        }
+        tensors.push((format!("{p}.mlp.gate_proj.weight"), vec![ff, e]));
+        tensors.push((format!("{p}.mlp.up_proj.weight"), vec![ff, e]));
+        tensors.push((format!("{p}.mlp.down_proj.weight"), vec![e, ff]));
+    }
+    let mut header = serde_json::Map::new();
+    let mut off = 0u64;
+    for (name, shape) in &tensors {
+        let n = shape.iter().product::<usize>() as u64 * 4;
+        header.insert(
+            name.clone(),
+            json!({"dtype": "F32", "shape": shape, "data_offsets": [off, off + n]}),
+        );
+        off += n;
+    }
+    let mut h = serde_json::to_vec(&Value::Object(header)).unwrap();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    // 1 MiB of values in [-0.05, 0.05), repeated (a prime period so rows differ).
+    let pattern: Vec<u8> = (0..(1 << 18) + 13)
+        .flat_map(|i: u32| {
+            ((i.wrapping_mul(2654435761) >> 8) as f32 / (1u32 << 24) as f32 * 0.1 - 0.05)
+                .to_le_bytes()
+        })
+        .collect();
+    let file = std::fs::File::create(dir.join("model.safetensors")).unwrap();
+    let mut w = std::io::BufWriter::with_capacity(1 << 22, file);
+    use std::io::Write;
+    w.write_all(&(h.len() as u64).to_le_bytes()).unwrap();
+    w.write_all(&h).unwrap();
+    let mut left = off;
+    while left > 0 {
+        let n = left.min(pattern.len() as u64) as usize;
+        w.write_all(&pattern[..n]).unwrap();
+        left -= n as u64;
+    }
+    w.flush().unwrap();
+    8 + h.len() as u64 + off
+}
+
+/// Converting a 4.3 GB F32 llama to F16 keeps the converter's peak RSS under 1 GB; the
+/// wall time is printed next to the time `cp` takes for the same file (warm cache). The
+/// issue's target is conversion ≤ 2× `cp`; on a shared 2-core machine that ratio is
+/// reported, not asserted.
+///
+/// About 40 s here (writing 4.3 GB, copying it, converting it) and ~11 GB of temporary
+/// disk. To see the figures:
+///
+/// ```text
+/// cargo test -p cargo-edgeai --test convert -- --nocapture big_model
+/// ```
+#[test]
+fn big_model_converts_in_bounded_memory() {
+    let ctx = TestContext::new();
+    let dir = ctx.path("big-llama");
+    let t0 = std::time::Instant::now();
+    let bytes = write_big_llama(&dir);
+    eprintln!(
+        "wrote {:.2} GB in {:.1} s",
+        bytes as f64 / 1e9,
+        t0.elapsed().as_secs_f64()
+    );
+    let input = dir.join("model.safetensors");
+
+    let t = std::time::Instant::now();
+    let cp = Command::new("cp")
+        .args([s(&input), s(&ctx.path("copy.safetensors"))])
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let cp_s = t.elapsed().as_secs_f64();
+    std::fs::remove_file(ctx.path("copy.safetensors")).unwrap();
+
+    let out = ctx.path("big-f16.gguf");
+    let rss_file = ctx.path("rss.txt");
+    let t = std::time::Instant::now();
+    let status = Command::new("/usr/bin/time")
+        .args(["-f", "%M", "-o", s(&rss_file)])
+        .arg(env!("CARGO_BIN_EXE_cargo-edgeai"))
+        .args([
+            "edgeai",
+            "convert",
+            s(&dir),
+            "--outtype",
+            "f16",
+            "-o",
+            s(&out),
+        ])
+        .status()
+        .expect("/usr/bin/time (Debian package `time`)");
+    let conv_s = t.elapsed().as_secs_f64();
+    assert!(status.success());
+    let rss_kb: u64 = std::fs::read_to_string(&rss_file)
+        .unwrap()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("max RSS from /usr/bin/time");
+    eprintln!(
+        "convert F32 -> F16: {conv_s:.1} s, peak RSS {:.0} MB; cp of the same {:.2} GB: {cp_s:.1} s (ratio {:.2})",
+        rss_kb as f64 / 1024.0,
+        bytes as f64 / 1e9,
+        conv_s / cp_s
+    );
+    let f = GgufFile::open(&out).unwrap();
+    assert_eq!(f.tensors().len(), 3 + 4 * 9);
+    assert!(rss_kb < 1024 * 1024, "peak RSS {rss_kb} kB >= 1 GB");
 }

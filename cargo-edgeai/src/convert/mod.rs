@@ -684,9 +684,10 @@ pub fn do_convert(opts: &ConvertOptions) -> Result<ConvertReport> {
             t.bytes += data.len() as u64;
             continue;
         }
-        let shard = ins.shards.get(p.shard).ok_or_else(|| {
-            Error::Internal(format!("tensor {} has no input shard", p.name))
-        })?;
+        let shard = ins
+            .shards
+            .get(p.shard)
+            .ok_or_else(|| Error::Internal(format!("tensor {} has no input shard", p.name)))?;
         let src = shard.map.get(p.range.0..p.range.1).ok_or_else(|| {
             Error::model(
                 &shard.path,

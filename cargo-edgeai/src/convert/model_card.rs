@@ -69,7 +69,11 @@ pub fn read_front_matter(readme: &str) -> Vec<(String, CardValue)> {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        if let Some(item) = trimmed.strip_prefix("- ").or(if trimmed == "-" { Some("") } else { None }) {
+        if let Some(item) =
+            trimmed
+                .strip_prefix("- ")
+                .or(if trimmed == "-" { Some("") } else { None })
+        {
             // A block-sequence entry of the last key.
             if let Some((_, v)) = out.last_mut() {
                 let item = if item.trim() == "no" { "\"no\"" } else { item };
@@ -494,7 +498,11 @@ pub fn general_metadata(
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .and_then(|v| v.as_object().cloned())
         .unwrap_or_default();
-    let f = |k: &str| gen.get(k).and_then(Value::as_f64).map(|x| GgufValue::F32(x as f32));
+    let f = |k: &str| {
+        gen.get(k)
+            .and_then(Value::as_f64)
+            .map(|x| GgufValue::F32(x as f32))
+    };
     let i = |k: &str| {
         gen.get(k)
             .and_then(Value::as_i64)
@@ -515,7 +523,10 @@ pub fn general_metadata(
         ("xtc_threshold", f("xtc_threshold")),
         ("temp", f("temperature")),
         ("penalty_last_n", i("penalty_last_n")),
-        ("penalty_repeat", f("penalty_repeat").or_else(|| f("repetition_penalty"))),
+        (
+            "penalty_repeat",
+            f("penalty_repeat").or_else(|| f("repetition_penalty")),
+        ),
         ("mirostat", i("mirostat")),
         ("mirostat_tau", f("mirostat_tau")),
         ("mirostat_eta", f("mirostat_eta")),
@@ -574,7 +585,10 @@ pub fn general_metadata(
         }
     }
     if let Some(t) = m.tags {
-        out.push(("general.tags".into(), GgufValue::Array(GgufArray::String(t))));
+        out.push((
+            "general.tags".into(),
+            GgufValue::Array(GgufArray::String(t)),
+        ));
     }
     if let Some(l) = m.languages {
         out.push((
@@ -617,14 +631,23 @@ mod tests {
     fn front_matter_subset() {
         let card = "---\nlicense: apache-2.0\nlanguage:\n- en\n- no\nbase_model: HuggingFaceTB/SmolLM2-135M\ntags: [a, 'b c']\nwidget:\n  - text: hi\nversion: 2\n---\n# Title\n";
         let fm = read_front_matter(card);
-        assert_eq!(fm[0], ("license".into(), CardValue::Str("apache-2.0".into())));
+        assert_eq!(
+            fm[0],
+            ("license".into(), CardValue::Str("apache-2.0".into()))
+        );
         assert_eq!(
             fm[1],
-            ("language".into(), CardValue::List(vec!["en".into(), "no".into()]))
+            (
+                "language".into(),
+                CardValue::List(vec!["en".into(), "no".into()])
+            )
         );
         assert_eq!(
             fm[3],
-            ("tags".into(), CardValue::List(vec!["a".into(), "b c".into()]))
+            (
+                "tags".into(),
+                CardValue::List(vec!["a".into(), "b c".into()])
+            )
         );
         assert_eq!(fm[4].1, CardValue::Other);
         assert_eq!(fm[5].1, CardValue::Other);

@@ -82,7 +82,9 @@ impl<'a> Cursor<'a> {
                 self.bytes(n).map(|_| ())
             }
             5 => self.bytes(4).map(|_| ()),
-            w => Err(format!("unsupported protobuf wire type {w} in tokenizer.model")),
+            w => Err(format!(
+                "unsupported protobuf wire type {w} in tokenizer.model"
+            )),
         }
     }
 }

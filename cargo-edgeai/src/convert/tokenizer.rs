@@ -210,7 +210,11 @@ pub fn tokenizer_metadata(
             .and_then(|t| t.get("add_prefix_space"))
             .and_then(Value::as_bool)
         {
-            set_kv(&mut meta, "tokenizer.ggml.add_space_prefix", GgufValue::Bool(b));
+            set_kv(
+                &mut meta,
+                "tokenizer.ggml.add_space_prefix",
+                GgufValue::Bool(b),
+            );
         }
     }
     match kind {
@@ -222,9 +226,7 @@ pub fn tokenizer_metadata(
                     "download tokenizer.json (and tokenizer.model if the model has one) from the model's repository next to config.json",
                 ));
             };
-            gpt2_or_bert_vocab(
-                &mut meta, dir, arch, cfg, vocab_size, tok, &tok_path, tc,
-            )?;
+            gpt2_or_bert_vocab(&mut meta, dir, arch, cfg, vocab_size, tok, &tok_path, tc)?;
         }
         VocabKind::SentencePiece | VocabKind::Phi3SentencePiece | VocabKind::LlamaHf => {
             let v = match kind {
@@ -236,14 +238,24 @@ pub fn tokenizer_metadata(
                 }
                 _ => {
                     let Some(tok) = &tok else {
-                        return Err(Error::Internal("llama-hf vocabulary without tokenizer.json".into()));
+                        return Err(Error::Internal(
+                            "llama-hf vocabulary without tokenizer.json".into(),
+                        ));
                     };
                     llama_hf_vocab(dir, tok, &tok_path, tc.as_ref(), vocab_size)?
                 }
             };
             let n = v.tokens.len() as u64;
-            set_kv(&mut meta, "tokenizer.ggml.model", GgufValue::String("llama".into()));
-            set_kv(&mut meta, "tokenizer.ggml.pre", GgufValue::String("default".into()));
+            set_kv(
+                &mut meta,
+                "tokenizer.ggml.model",
+                GgufValue::String("llama".into()),
+            );
+            set_kv(
+                &mut meta,
+                "tokenizer.ggml.pre",
+                GgufValue::String("default".into()),
+            );
             set_kv(
                 &mut meta,
                 "tokenizer.ggml.tokens",
@@ -259,16 +271,33 @@ pub fn tokenizer_metadata(
                 "tokenizer.ggml.token_type",
                 GgufValue::Array(GgufArray::I32(v.types)),
             );
-            special_vocab(&mut meta, dir, tok.as_ref(), &tok_path, tc, cfg, Some(n), false)?;
+            special_vocab(
+                &mut meta,
+                dir,
+                tok.as_ref(),
+                &tok_path,
+                tc,
+                cfg,
+                Some(n),
+                false,
+            )?;
         }
     }
     // Gemma2Model / Gemma3Model.set_vocab, after the sentencepiece vocabulary.
     if matches!(arch, Arch::Gemma2 | Arch::Gemma3) && kind == VocabKind::SentencePiece {
-        set_kv(&mut meta, "tokenizer.ggml.add_space_prefix", GgufValue::Bool(false));
+        set_kv(
+            &mut meta,
+            "tokenizer.ggml.add_space_prefix",
+            GgufValue::Bool(false),
+        );
     }
     // LlamaModel.set_vocab: granite-sized vocabularies (49152, SmolLM's) never add BOS.
     if arch == Arch::Llama && vocab_size == 49152 {
-        set_kv(&mut meta, "tokenizer.ggml.add_bos_token", GgufValue::Bool(false));
+        set_kv(
+            &mut meta,
+            "tokenizer.ggml.add_bos_token",
+            GgufValue::Bool(false),
+        );
     }
     Ok(meta)
 }
@@ -335,21 +364,35 @@ fn added_tokens_json(dir: &Path) -> Result<Vec<(String, u64)>> {
     }
     let v = read_json(&path, HELP_TOKENIZER)?;
     let Some(o) = v.as_object() else {
-        return Err(Error::model(&path, "added_tokens.json is not a JSON object", HELP_TOKENIZER));
+        return Err(Error::model(
+            &path,
+            "added_tokens.json is not a JSON object",
+            HELP_TOKENIZER,
+        ));
     };
     o.iter()
         .map(|(k, id)| {
             id.as_u64().map(|id| (k.clone(), id)).ok_or_else(|| {
-                Error::model(&path, format!("added token `{k}` has no integer id"), HELP_TOKENIZER)
+                Error::model(
+                    &path,
+                    format!("added token `{k}` has no integer id"),
+                    HELP_TOKENIZER,
+                )
             })
         })
         .collect()
 }
 
 /// tokenizer_config.json's `added_tokens_decoder`: (id, content, special), in file order.
-fn added_tokens_decoder(dir: &Path, tc: Option<&Map<String, Value>>) -> Result<Vec<(u64, String, bool)>> {
+fn added_tokens_decoder(
+    dir: &Path,
+    tc: Option<&Map<String, Value>>,
+) -> Result<Vec<(u64, String, bool)>> {
     let path = dir.join("tokenizer_config.json");
-    let Some(d) = tc.and_then(|t| t.get("added_tokens_decoder")).and_then(Value::as_object) else {
+    let Some(d) = tc
+        .and_then(|t| t.get("added_tokens_decoder"))
+        .and_then(Value::as_object)
+    else {
         return Ok(Vec::new());
     };
     d.iter()
@@ -357,13 +400,21 @@ fn added_tokens_decoder(dir: &Path, tc: Option<&Map<String, Value>>) -> Result<V
             let bad = || {
                 Error::model(
                     &path,
-                    format!("added_tokens_decoder entry `{id}` needs an integer key and a `content`"),
+                    format!(
+                        "added_tokens_decoder entry `{id}` needs an integer key and a `content`"
+                    ),
                     HELP_TOKENIZER,
                 )
             };
             let id: u64 = id.trim().parse().map_err(|_| bad())?;
-            let content = data.get("content").and_then(Value::as_str).ok_or_else(bad)?;
-            let special = data.get("special").and_then(Value::as_bool).unwrap_or(false);
+            let content = data
+                .get("content")
+                .and_then(Value::as_str)
+                .ok_or_else(bad)?;
+            let special = data
+                .get("special")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             Ok((id, content.to_string(), special))
         })
         .collect()
@@ -391,11 +442,18 @@ fn sentencepiece_vocab(
         }
     }
     for (id, content, special) in added_tokens_decoder(dir, tc)? {
-        let Ok(id) = usize::try_from(id) else { continue };
+        let Ok(id) = usize::try_from(id) else {
+            continue;
+        };
         if special || looks_special(&content) {
             v.set(id, content, -1000.0, token_type::CONTROL);
         } else {
-            v.set(id, content.replace('\u{2581}', " "), -1000.0, token_type::USER_DEFINED);
+            v.set(
+                id,
+                content.replace('\u{2581}', " "),
+                -1000.0,
+                token_type::USER_DEFINED,
+            );
         }
     }
     Ok(v)
@@ -486,13 +544,23 @@ fn llama_hf_vocab(
         .get("model")
         .and_then(|m| m.get("vocab"))
         .and_then(Value::as_object)
-        .ok_or_else(|| Error::model(tok_path, "tokenizer model has no `vocab` object", HELP_TOKENIZER))?;
+        .ok_or_else(|| {
+            Error::model(
+                tok_path,
+                "tokenizer model has no `vocab` object",
+                HELP_TOKENIZER,
+            )
+        })?;
     let base = vocab.len();
     let mut by_id: Vec<Option<String>> = vec![None; base];
     let mut ids: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     for (s, id) in vocab {
         let id = id.as_u64().ok_or_else(|| {
-            Error::model(tok_path, format!("vocab entry `{s}` has no integer id"), HELP_TOKENIZER)
+            Error::model(
+                tok_path,
+                format!("vocab entry `{s}` has no integer id"),
+                HELP_TOKENIZER,
+            )
         })?;
         if let Some(slot) = usize::try_from(id).ok().and_then(|i| by_id.get_mut(i)) {
             *slot = Some(s.clone());
@@ -551,11 +619,16 @@ fn llama_hf_vocab(
     }
     let extra = tc
         .and_then(|t| t.get("additional_special_tokens"))
-        .or_else(|| stm.as_ref().and_then(|m| m.get("additional_special_tokens")))
+        .or_else(|| {
+            stm.as_ref()
+                .and_then(|m| m.get("additional_special_tokens"))
+        })
         .and_then(Value::as_array);
     specials.extend(extra.into_iter().flatten().filter_map(special_text));
-    let special_ids: std::collections::HashSet<u64> =
-        specials.iter().filter_map(|s| ids.get(s).copied()).collect();
+    let special_ids: std::collections::HashSet<u64> = specials
+        .iter()
+        .filter_map(|s| ids.get(s).copied())
+        .collect();
 
     let is_byte = |t: &str| {
         let b = t.as_bytes();
@@ -572,7 +645,11 @@ fn llama_hf_vocab(
     };
     for (id, t) in by_id.into_iter().enumerate() {
         let t = t.ok_or_else(|| {
-            Error::model(tok_path, format!("the vocabulary has no token with id {id}"), HELP_TOKENIZER)
+            Error::model(
+                tok_path,
+                format!("the vocabulary has no token with id {id}"),
+                HELP_TOKENIZER,
+            )
         })?;
         let ty = if is_byte(&t) {
             token_type::BYTE
@@ -625,7 +702,7 @@ fn gpt2_or_bert_vocab(
     let model = tok
         .get("model")
         .and_then(Value::as_object)
-        .ok_or_else(|| Error::model(&tok_path, "no `model` object", HELP_TOKENIZER))?;
+        .ok_or_else(|| Error::model(tok_path, "no `model` object", HELP_TOKENIZER))?;
     let mtype = model.get("type").and_then(Value::as_str).unwrap_or("");
     let is_bert = arch == Arch::Bert;
     match (mtype, is_bert) {
@@ -633,7 +710,7 @@ fn gpt2_or_bert_vocab(
         ("BPE", false) if model.get("byte_fallback").and_then(Value::as_bool) != Some(true) => {}
         _ => {
             return Err(Error::model(
-                &tok_path,
+                tok_path,
                 format!(
                     "tokenizer model `{mtype}`{} is not supported for {}",
                     if model.get("byte_fallback").and_then(Value::as_bool) == Some(true) {
@@ -652,7 +729,7 @@ fn gpt2_or_bert_vocab(
         .and_then(Value::as_object)
         .ok_or_else(|| {
             Error::model(
-                &tok_path,
+                tok_path,
                 "tokenizer model has no `vocab` object",
                 HELP_TOKENIZER,
             )
@@ -666,7 +743,7 @@ fn gpt2_or_bert_vocab(
                 .and_then(|i| by_id.get_mut(i))
                 .ok_or_else(|| {
                     Error::model(
-                &tok_path,
+                tok_path,
                 format!("token `{s}` has id {id}, but config.json says vocab_size is {vocab_size}"),
                 "the tokenizer and config.json come from different models; re-download both",
             )
@@ -677,7 +754,7 @@ fn gpt2_or_bert_vocab(
     for (s, id) in vocab {
         let id = id.as_u64().ok_or_else(|| {
             Error::model(
-                &tok_path,
+                tok_path,
                 format!("vocab entry `{s}` has no integer id"),
                 HELP_TOKENIZER,
             )
@@ -729,9 +806,9 @@ fn gpt2_or_bert_vocab(
             },
         }
     }
-    let pre = detect_pre(&tok).ok_or_else(|| {
+    let pre = detect_pre(tok).ok_or_else(|| {
         Error::model(
-            &tok_path,
+            tok_path,
             format!(
                 "unrecognised pre-tokenizer {}",
                 tok.get("pre_tokenizer").map_or_else(|| "null".to_string(), |v| v.to_string().chars().take(200).collect())
@@ -795,7 +872,16 @@ fn gpt2_or_bert_vocab(
 
     *meta_out = meta;
     let n_vocab = if is_bert { Some(vocab_size) } else { None };
-    special_vocab(meta_out, dir, Some(tok), tok_path, tc, cfg, n_vocab, !is_bert)
+    special_vocab(
+        meta_out,
+        dir,
+        Some(tok),
+        tok_path,
+        tc,
+        cfg,
+        n_vocab,
+        !is_bert,
+    )
 }
 
 /// gguf-py's `SpecialVocab` (merges when `load_merges`, special token ids below `n_vocab`,
@@ -839,7 +925,7 @@ fn special_vocab(
                 }
                 _ => {
                     return Err(Error::model(
-                        &tok_path,
+                        tok_path,
                         "unknown tokenizer merges format",
                         HELP_TOKENIZER,
                     ));
@@ -902,7 +988,10 @@ fn special_vocab(
             special_eos = special_sep.clone();
         }
     }
-    if let Some(pp) = tok.and_then(|t| t.get("post_processor")).filter(|v| !v.is_null()) {
+    if let Some(pp) = tok
+        .and_then(|t| t.get("post_processor"))
+        .filter(|v| !v.is_null())
+    {
         let procs: Vec<&Value> = match pp.get("processors").and_then(Value::as_array) {
             Some(a) => a.iter().collect(),
             None => vec![pp],
@@ -1017,7 +1106,10 @@ fn special_vocab(
     if let Some(ct) = chat_template {
         set(&mut meta, "tokenizer.chat_template", GgufValue::String(ct));
     }
-    if let Some(norm) = tok.and_then(|t| t.get("normalizer")).filter(|v| !v.is_null()) {
+    if let Some(norm) = tok
+        .and_then(|t| t.get("normalizer"))
+        .filter(|v| !v.is_null())
+    {
         let (mut lower, mut strip) = (None, None);
         parse_normalizer(norm, &mut lower, &mut strip);
         if let Some(l) = lower {
