@@ -71,6 +71,12 @@ pub enum Error {
         help("this is a bug in cargo-edgeai; please report it with the command you ran")
     )]
     Internal(String),
+
+    /// `validate`/`sweep` measured a candidate and at least one production gate failed. The
+    /// message names each failed gate with its measured value and threshold.
+    #[error("{message}")]
+    #[diagnostic(code(edgeai::gate_failed), help("{help}"))]
+    GateFailed { message: String, help: String },
 }
 
 impl Error {

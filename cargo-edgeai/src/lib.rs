@@ -20,5 +20,6 @@ pub mod quant;
 pub mod quants;
 pub mod report;
 pub mod safetensors;
+pub mod validate;
 
 pub use error::{Error, Result};

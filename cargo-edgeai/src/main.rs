@@ -65,6 +65,119 @@ enum Command {
     Convert(ConvertArgs),
     /// Export a llama-family GGUF to a Hugging Face directory (F32 safetensors + tokenizer).
     Export(ExportArgs),
+    /// Measure a quantized GGUF against its reference on llama.cpp and check the gates (exit 1 on failure).
+    Validate(ValidateArgs),
+    /// Quantize to several types, validate each, and recommend the smallest that passes the gates.
+    Sweep(SweepArgs),
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// Target device whose gates, budget and bandwidth apply.
+    #[arg(long, default_value = DEFAULT_TARGET)]
+    target: String,
+    /// Evaluation text (default: /usr/share/common-licenses/GPL-3 + Apache-2.0 joined).
+    #[arg(long, value_name = "FILE")]
+    text: Option<PathBuf>,
+    /// Context of each evaluated chunk (llama-perplexity -c).
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    ctx: u64,
+    /// Evaluate only the first N chunks (default: the whole text).
+    #[arg(long, value_name = "N")]
+    chunks: Option<u32>,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Skip llama-bench (no tokens/s or time to first token; a min_decode_tokens_per_s gate then fails).
+    #[arg(long)]
+    no_bench: bool,
+    /// llama-bench prompt tokens.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    bench_prompt: u32,
+    /// llama-bench generated tokens.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    bench_gen: u32,
+    /// llama-bench repetitions.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    bench_reps: u32,
+    /// Reference-logits cache (default: ${XDG_CACHE_HOME:-~/.cache}/cargo-edgeai/validate).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+    /// Also write JUnit XML (one testcase per gate) here.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Also write a self-contained HTML report with plots here.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ValidateArgs {
+    /// The quantized GGUF to validate.
+    #[arg(long, value_name = "CANDIDATE.gguf")]
+    model: PathBuf,
+    /// The unquantized GGUF it was made from.
+    #[arg(long, value_name = "REF.gguf")]
+    reference: PathBuf,
+    #[command(flatten)]
+    eval: EvalArgs,
+}
+
+#[derive(Args, Debug)]
+struct SweepArgs {
+    /// The unquantized GGUF (F32/F16/BF16) to quantize.
+    #[arg(long)]
+    model: PathBuf,
+    /// Reference to validate against (default: --model).
+    #[arg(long, value_name = "REF.gguf")]
+    reference: Option<PathBuf>,
+    /// Comma-separated file types.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "Q4_0,Q4_K_M,Q5_K_M,Q6_K,Q8_0"
+    )]
+    types: Vec<String>,
+    /// Directory for the quantized files.
+    #[arg(long, value_name = "DIR", default_value = "target/edgeai/sweep")]
+    out_dir: PathBuf,
+    #[command(flatten)]
+    eval: EvalArgs,
+}
+
+/// The validation options and target the eval flags describe, with the gates resolved.
+fn eval_setup(
+    global: &GlobalArgs,
+    eval: &EvalArgs,
+    candidate: PathBuf,
+    reference: PathBuf,
+) -> Result<(edgeai::manifest::Target, edgeai::validate::ValidateOptions)> {
+    // Like `plan --model`: no project is needed, but one around us contributes targets and gates.
+    let project = if global.manifest_path.is_none() {
+        load_project(None).ok().flatten()
+    } else {
+        project(global)?
+    };
+    let targets = target_set(project.as_ref())?;
+    let target = targets.get(&eval.target)?.clone();
+    let mut opts = edgeai::validate::ValidateOptions::new(candidate, reference);
+    opts.text = eval.text.clone();
+    opts.ctx = eval.ctx;
+    opts.chunks = eval.chunks;
+    opts.threads = eval.threads;
+    opts.bench = !eval.no_bench;
+    opts.bench_prompt_tokens = eval.bench_prompt;
+    opts.bench_gen_tokens = eval.bench_gen;
+    opts.bench_repetitions = eval.bench_reps;
+    opts.cache_dir = eval.cache_dir.clone();
+    opts.gates = edgeai::validate::resolve_gates(&target, project.as_ref())?;
+    Ok((target, opts))
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
 }
 
 #[derive(Args, Debug)]
@@ -446,6 +559,82 @@ fn run(cli: &Cli) -> Result<()> {
                 Format::Json => print(&report::to_json(&report)),
                 Format::Human if cli.global.quiet => Ok(()),
                 Format::Human => print(&report.render_human()),
+            }
+        }
+        Command::Validate(args) => {
+            use edgeai::validate::report as vr;
+            let (target, opts) = eval_setup(
+                &cli.global,
+                &args.eval,
+                args.model.clone(),
+                args.reference.clone(),
+            )?;
+            let r = edgeai::validate::do_validate(&target, &opts)?;
+            if let Some(path) = &args.eval.junit {
+                write_file(path, &vr::render_junit(&[&r]))?;
+            }
+            if let Some(path) = &args.eval.html {
+                let title = format!(
+                    "cargo edgeai validate: {} on {}",
+                    r.candidate.label, r.target
+                );
+                let summary = if r.passed {
+                    "all gates passed"
+                } else {
+                    "gates failed"
+                };
+                write_file(path, &vr::render_html(&title, &[&r], summary))?;
+            }
+            match args.eval.format {
+                Format::Json => print(&report::to_json(&r))?,
+                Format::Human if cli.global.quiet => {}
+                Format::Human => print(&vr::render_human(&r))?,
+            }
+            let failed: Vec<_> = r.failures().collect();
+            match edgeai::validate::gate_error(&failed, &r.candidate.path.display().to_string()) {
+                Some(err) => Err(err),
+                None => Ok(()),
+            }
+        }
+        Command::Sweep(args) => {
+            use edgeai::validate::report as vr;
+            let reference = args.reference.clone().unwrap_or_else(|| args.model.clone());
+            let (target, opts) =
+                eval_setup(&cli.global, &args.eval, args.model.clone(), reference)?;
+            let r = edgeai::validate::sweep::do_sweep(
+                &target,
+                &edgeai::validate::sweep::SweepOptions {
+                    model: args.model.clone(),
+                    reference: args.reference.clone(),
+                    types: args.types.clone(),
+                    out_dir: args.out_dir.clone(),
+                    validate: opts,
+                },
+            )?;
+            let all: Vec<_> = r.results.iter().collect();
+            if let Some(path) = &args.eval.junit {
+                write_file(path, &vr::render_junit(&all))?;
+            }
+            if let Some(path) = &args.eval.html {
+                let title = format!("cargo edgeai sweep: {} on {}", r.model.display(), r.target);
+                let summary = match &r.recommended {
+                    Some(t) => format!("recommended: {t} ({})", r.reason),
+                    None => format!("no type passes: {}", r.reason),
+                };
+                write_file(path, &vr::render_html(&title, &all, &summary))?;
+            }
+            match args.eval.format {
+                Format::Json => print(&report::to_json(&r))?,
+                Format::Human if cli.global.quiet => {}
+                Format::Human => print(&vr::render_sweep_human(&r))?,
+            }
+            if r.recommended.is_some() {
+                return Ok(());
+            }
+            let failed: Vec<_> = r.results.iter().flat_map(|x| x.failures()).collect();
+            match edgeai::validate::gate_error(&failed, "sweep: no type passes") {
+                Some(err) => Err(err),
+                None => Ok(()),
             }
         }
         Command::Init(args) => {

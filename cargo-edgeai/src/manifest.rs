@@ -107,6 +107,9 @@ pub struct Target {
     pub memory: Memory,
     pub accelerators: Vec<Accelerator>,
     pub defaults: Defaults,
+    /// Production gates for `cargo edgeai validate` (optional `[gates]` table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gates: Option<crate::validate::gates::Gates>,
     /// Where the manifest came from: `builtin` or the file path of a project override.
     pub source: String,
 }
@@ -196,6 +199,8 @@ struct RawTarget {
     memory: RawMemory,
     accelerators: Spanned<Vec<RawAccelerator>>,
     defaults: RawDefaults,
+    #[serde(default)]
+    gates: Option<crate::validate::gates::Gates>,
 }
 
 #[derive(Deserialize)]
@@ -411,6 +416,14 @@ pub fn parse_target(path: &Path, text: &str, source: &str) -> Result<Target> {
         });
     }
 
+    if let Some(gates) = &raw.gates {
+        gates.check("[gates]").map_err(|e| Error::InvalidManifest {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+            help: "gates are non-negative numbers; min_top1 is a fraction (0.85 = 85 %)".into(),
+        })?;
+    }
+
     Ok(Target {
         schema: SCHEMA_VERSION,
         name,
@@ -427,6 +440,7 @@ pub fn parse_target(path: &Path, text: &str, source: &str) -> Result<Target> {
         defaults: Defaults {
             context_length: raw.defaults.context_length.into_inner(),
         },
+        gates: raw.gates,
         source: source.to_string(),
     })
 }
