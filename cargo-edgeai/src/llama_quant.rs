@@ -1311,6 +1311,7 @@ pub fn do_quantize(opts: &QuantizeOptions) -> Result<QuantizeReport> {
         allow_requantize: opts.allow_requantize,
         keep_split: opts.keep_split,
         progress: opts.progress,
+        inflight_bytes: INFLIGHT_BYTES,
     })
 }
 
@@ -1344,6 +1345,7 @@ pub fn do_dequantize(opts: &DequantizeOptions) -> Result<QuantizeReport> {
         allow_requantize: true,
         keep_split: opts.keep_split,
         progress: opts.progress,
+        inflight_bytes: INFLIGHT_BYTES,
     })
 }
 
@@ -1357,6 +1359,8 @@ struct Job<'a> {
     allow_requantize: bool,
     keep_split: bool,
     progress: bool,
+    /// Output bytes pending before no further tensor starts ([`INFLIGHT_BYTES`]).
+    inflight_bytes: usize,
 }
 
 fn usage(message: String, help: &str) -> Error {
@@ -1563,6 +1567,7 @@ fn run(job: Job<'_>) -> Result<QuantizeReport> {
         input: &input,
         path: job.input,
         bar: bar.as_ref(),
+        budget: job.inflight_bytes,
     };
     let writers = pipeline.run(threads, writers)?;
     for w in writers {
@@ -1878,8 +1883,8 @@ fn take_buffer(pool: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
 /// reused), then copies the bytes into the tensor's output buffer. A finished tensor goes to
 /// the writer thread, which writes tensors in order (one large write each) and copies the
 /// tensors that keep their type; it mostly waits on I/O. Tensors are started while less than
-/// [`INFLIGHT_BYTES`] of output is pending, so reading and quantizing the next tensors overlap
-/// writing the previous ones while memory stays at a few tensors.
+/// `budget` ([`INFLIGHT_BYTES`]) of output is pending, so reading and quantizing the next
+/// tensors overlap writing the previous ones while memory stays at a few tensors.
 ///
 /// Rows are quantized independently, so the output does not depend on chunking or threads.
 struct Pipeline<'a> {
@@ -1888,6 +1893,8 @@ struct Pipeline<'a> {
     input: &'a Input<'a>,
     path: &'a Path,
     bar: Option<&'a indicatif::ProgressBar>,
+    /// [`INFLIGHT_BYTES`] (smaller in tests).
+    budget: usize,
 }
 
 impl Pipeline<'_> {
@@ -1916,7 +1923,10 @@ impl Pipeline<'_> {
             self.work(sh, tx);
             writer.join()
         });
-        let state = shared.state.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let state = shared
+            .state
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(e) = state.failed {
             return Err(e);
         }
@@ -1986,7 +1996,7 @@ impl Pipeline<'_> {
             }
             let tensor = (st.next..self.jobs.len()).find(|&i| !self.jobs[i].copy)?;
             let j = &self.jobs[tensor];
-            if st.inflight > 0 && st.inflight + j.out_len > INFLIGHT_BYTES {
+            if st.inflight > 0 && st.inflight + j.out_len > self.budget {
                 // Freed by the writer (which is waiting for tensors started before this one,
                 // all of whose chunks are handed out) or woken by a failure.
                 st = sh.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
@@ -2058,7 +2068,10 @@ impl Pipeline<'_> {
         let mut copy: Vec<u8> = Vec::new();
         for (i, (p, j)) in self.plan.iter().zip(self.jobs).enumerate() {
             let w = writers.get_mut(p.out_split).ok_or_else(|| {
-                Error::Internal(format!("tensor {}: no output split {}", p.name, p.out_split))
+                Error::Internal(format!(
+                    "tensor {}: no output split {}",
+                    p.name, p.out_split
+                ))
             })?;
             if j.copy {
                 if sh.lock().failed.is_some() {
@@ -2136,8 +2149,7 @@ fn to_f32(
 /// the CPU has it.
 fn f16_to_f32_slice(src: &[u8], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("f16c")
-    {
+    if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("f16c") {
         // SAFETY: the CPU has AVX and F16C, checked just above.
         unsafe { f16_to_f32_f16c(src, dst) };
         return;
@@ -2265,5 +2277,158 @@ mod tests {
                 .unwrap(),
             GgmlType::F32
         );
+    }
+
+    #[test]
+    fn f16_conversion_is_exact() {
+        let src: Vec<u8> = (0..=u16::MAX).flat_map(|h| h.to_le_bytes()).collect();
+        let mut fast = vec![0f32; 1 << 16];
+        f16_to_f32_slice(&src, &mut fast);
+        for (h, f) in (0..=u16::MAX).zip(&fast) {
+            assert_eq!(f.to_bits(), quants::f16_to_f32(h).to_bits(), "f16 {h:#06x}");
+        }
+        // Lengths that are not a multiple of 8 take the scalar tail.
+        let mut tail = vec![0f32; 13];
+        f16_to_f32_slice(&src[2 * 0x3bf0..2 * (0x3bf0 + 13)], &mut tail);
+        assert_eq!(tail, fast[0x3bf0..0x3bf0 + 13]);
+    }
+
+    /// A small two-layer llama model of F16, BF16 and F32 tensors, some of whose row counts
+    /// are not multiples of the chunk size.
+    fn write_test_model(path: &Path) {
+        let mut specs = vec![
+            (
+                "token_embd.weight".to_string(),
+                vec![256u64, 300],
+                GgmlType::F16,
+            ),
+            ("output_norm.weight".to_string(), vec![256], GgmlType::F32),
+        ];
+        for l in 0..2 {
+            let t = |n: &str, ne: Vec<u64>, ty| (format!("blk.{l}.{n}.weight"), ne, ty);
+            specs.extend([
+                t("attn_norm", vec![256], GgmlType::F32),
+                t("attn_q", vec![256, 256], GgmlType::F16),
+                t("attn_k", vec![256, 64], GgmlType::BF16),
+                t("attn_v", vec![256, 64], GgmlType::F16),
+                t("attn_output", vec![256, 256], GgmlType::F32),
+                t("ffn_gate", vec![256, 768], GgmlType::F16),
+                t("ffn_up", vec![256, 768], GgmlType::F16),
+                t("ffn_down", vec![768, 256], GgmlType::F16),
+            ]);
+        }
+        let meta = vec![
+            (
+                "general.architecture".to_string(),
+                GgufValue::String("llama".to_string()),
+            ),
+            ("llama.block_count".to_string(), GgufValue::U32(2)),
+            ("llama.attention.head_count".to_string(), GgufValue::U32(4)),
+            (
+                "llama.attention.head_count_kv".to_string(),
+                GgufValue::U32(1),
+            ),
+        ];
+        let tensor_specs: Vec<TensorSpec> = specs
+            .iter()
+            .map(|(name, ne, ty)| TensorSpec {
+                name: name.clone(),
+                ne: ne.clone(),
+                ggml_type: *ty,
+            })
+            .collect();
+        let mut w = GgufWriter::create(path, GGUF_VERSION, &meta, &tensor_specs, 32).unwrap();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for (_, ne, ty) in &specs {
+            let n: u64 = ne.iter().product();
+            let mut data = Vec::new();
+            for i in 0..n {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                // Values in ±1 scaled per row, so blocks differ in range.
+                let row = i / ne[0];
+                let x =
+                    ((seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * (1.0 + row as f32 % 7.0);
+                match ty {
+                    GgmlType::F32 => data.extend(x.to_le_bytes()),
+                    GgmlType::F16 => data.extend(quants::f32_to_f16(x).to_le_bytes()),
+                    _ => data.extend(quants::f32_to_bf16(x).to_le_bytes()),
+                }
+            }
+            w.write_tensor(&data).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    fn quantize_test_model(
+        input: &Path,
+        output: &Path,
+        ftype: FileType,
+        threads: usize,
+        inflight_bytes: usize,
+    ) -> Vec<u8> {
+        run(Job {
+            input,
+            output,
+            ftype,
+            type_opts: TypeOptions {
+                quantize_output_tensor: true,
+                ..TypeOptions::default()
+            },
+            imatrix: None,
+            threads: Some(threads),
+            allow_requantize: false,
+            keep_split: false,
+            progress: false,
+            inflight_bytes,
+        })
+        .unwrap();
+        std::fs::read(output).unwrap()
+    }
+
+    /// The pipeline's output does not depend on threads or the in-flight budget, and every
+    /// tensor is what quantizing it whole in one call gives.
+    #[test]
+    fn pipeline_is_deterministic_and_matches_whole_tensor_quantization() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.gguf");
+        write_test_model(&input);
+        let output = dir.path().join("out.gguf");
+        for ftype in [FileType::Q4_K_M, FileType::Q8_0, FileType::F32] {
+            let first = quantize_test_model(&input, &output, ftype, 1, INFLIGHT_BYTES);
+            for (threads, budget) in [(2, INFLIGHT_BYTES), (3, 1), (2, 100_000), (5, 1 << 40)] {
+                let again = quantize_test_model(&input, &output, ftype, threads, budget);
+                assert!(
+                    first == again,
+                    "{ftype}: {threads} threads, budget {budget}"
+                );
+            }
+            let model_in = GgufModel::open(&input).unwrap();
+            let model_out = GgufModel::open(&output).unwrap();
+            let mut converted = 0;
+            for &loc in model_out.tensors() {
+                let info = model_out.info(loc);
+                let src_loc = model_in.find(&info.name).unwrap();
+                let src_ty = model_in.info(src_loc).ggml_type;
+                let src = model_in.data(src_loc);
+                let got = model_out.data(loc);
+                if src_ty == info.ggml_type {
+                    assert_eq!(got, src, "{}", info.name);
+                    continue;
+                }
+                converted += 1;
+                let mut rows = vec![0f32; info.n_elements() as usize];
+                match src_ty {
+                    GgmlType::F16 => f16_to_f32_scalar(src, &mut rows),
+                    _ => to_f32(src_ty, src, &mut rows).unwrap(),
+                }
+                let mut want = vec![0u8; got.len()];
+                quants::quantize_rows(info.ggml_type, &rows, info.ne[0] as usize, None, &mut want)
+                    .unwrap();
+                assert!(got == want.as_slice(), "{ftype}: {}", info.name);
+            }
+            assert!(converted >= 13, "{ftype}: {converted} tensors converted");
+        }
     }
 }
