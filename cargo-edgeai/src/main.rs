@@ -143,6 +143,10 @@ struct SweepArgs {
     /// Directory for the quantized files.
     #[arg(long, value_name = "DIR", default_value = "target/edgeai/sweep")]
     out_dir: PathBuf,
+    /// Where to write the sweep result that `plan` uses (default: target/edgeai/<target>/sweep.json
+    /// of the project, or of the current directory without one).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
     #[command(flatten)]
     eval: EvalArgs,
 }
@@ -451,11 +455,21 @@ fn run(cli: &Cli) -> Result<()> {
                 });
             }
             let facts = read_model_facts(Path::new(&model))?;
+            // A `cargo edgeai sweep` of this model on this target replaces the matrix's prior.
+            let sweep = edgeai::validate::sweep::default_record_path(
+                project.as_ref().map_or(Path::new("."), |p| p.dir()),
+                &target.name,
+            );
             let options = PlanOptions {
                 framework: args.framework,
                 prefer: args.prefer.into(),
                 context_length: args.context,
                 quantization: args.quant.clone(),
+                measured_quantization: edgeai::validate::sweep::load_measured(
+                    &sweep,
+                    &target.name,
+                    Path::new(&model),
+                )?,
             };
             let plan = make_plan(target, &facts, &model, &Matrix::builtin()?, &options)?;
             match args.format {
@@ -611,6 +625,24 @@ fn run(cli: &Cli) -> Result<()> {
                     validate: opts,
                 },
             )?;
+            let record_path = match &args.out {
+                Some(p) => p.clone(),
+                None => {
+                    let project = if cli.global.manifest_path.is_none() {
+                        load_project(None).ok().flatten()
+                    } else {
+                        project(&cli.global)?
+                    };
+                    edgeai::validate::sweep::default_record_path(
+                        project.as_ref().map_or(Path::new("."), |p| p.dir()),
+                        &r.target,
+                    )
+                }
+            };
+            edgeai::validate::sweep::write_record(&record_path, &r.record())?;
+            if !cli.global.quiet {
+                eprintln!("sweep result written to {}", record_path.display());
+            }
             let all: Vec<_> = r.results.iter().collect();
             if let Some(path) = &args.eval.junit {
                 write_file(path, &vr::render_junit(&all))?;

@@ -32,6 +32,18 @@ pub struct PlanOptions {
     pub context_length: Option<u64>,
     /// One quantization to try instead of the rule's list (`--quant`).
     pub quantization: Option<String>,
+    /// The type a `cargo edgeai sweep` of this model on this target measured as the smallest
+    /// that passes the gates; tried first for the llama.cpp rule (the CLI loads it).
+    pub measured_quantization: Option<MeasuredChoice>,
+}
+
+/// A quantization chosen by measurement rather than by the matrix's prior.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeasuredChoice {
+    /// The llama.cpp file type (`Q5_K_M`).
+    pub quantization: String,
+    /// Where the measurement comes from, for the plan's reason (`sweep.json`).
+    pub source: String,
 }
 
 /// The model as the plan records it.
@@ -242,9 +254,18 @@ pub fn make_plan(
                 });
                 continue;
             }
-            let candidates: Vec<String> = match &options.quantization {
-                Some(q) => vec![q.clone()],
-                None => rule.candidates(options.prefer).to_vec(),
+            let measured = measured_for(options, rule);
+            let candidates: Vec<String> = match (&options.quantization, measured) {
+                (Some(q), _) => vec![q.clone()],
+                (None, Some(m)) => std::iter::once(m.quantization.clone())
+                    .chain(
+                        rule.candidates(options.prefer)
+                            .iter()
+                            .filter(|c| **c != m.quantization)
+                            .cloned(),
+                    )
+                    .collect(),
+                (None, None) => rule.candidates(options.prefer).to_vec(),
             };
             for name in candidates {
                 let Some(scheme) = Scheme::parse(rule.framework, &name) else {
@@ -349,6 +370,14 @@ pub fn make_plan(
     })
 }
 
+/// The measured choice, when it applies to `rule` (llama.cpp, no `--quant`).
+fn measured_for<'a>(options: &'a PlanOptions, rule: &Rule) -> Option<&'a MeasuredChoice> {
+    options
+        .measured_quantization
+        .as_ref()
+        .filter(|_| options.quantization.is_none() && rule.framework == Framework::LlamaCpp)
+}
+
 /// Suggestions for a model that does not fit: a shorter context, fewer bits, a smaller model.
 fn what_would_fit(
     target: &Target,
@@ -380,11 +409,19 @@ fn what_would_fit(
     if facts.parameters > 0 && est.weights_bytes > 0 {
         let bytes_per_param = est.weights_bytes as f64 / facts.parameters as f64;
         let max_params = (available as f64 / bytes_per_param) as u64;
-        ideas.push(format!(
-            "a smaller model: at most {} parameters at {quant} ({})",
-            human_count(max_params),
-            rule.framework
-        ));
+        if max_params > 0 {
+            ideas.push(format!(
+                "a smaller model: at most {} parameters at {quant} ({})",
+                human_count(max_params),
+                rule.framework
+            ));
+        } else {
+            ideas.push(format!(
+                "nothing at this context: the runtime overhead ({}) and KV cache ({}) alone use the budget",
+                human_bytes(est.overhead_bytes),
+                human_bytes(est.kv_cache_bytes)
+            ));
+        }
     }
     ideas.push(format!(
         "a larger budget: memory.budget_mb of `{}` is {} of {} MiB total",
@@ -423,6 +460,11 @@ fn finish(
     }
     if let Some(q) = &options.quantization {
         reasons.push(format!("quantization {q} requested with --quant"));
+    } else if let Some(m) = measured_for(options, rule).filter(|m| m.quantization == quantization) {
+        reasons.push(format!(
+            "{quantization} measured by `cargo edgeai sweep` ({}): the smallest type that passed the gates",
+            m.source
+        ));
     } else {
         let candidates = rule.candidates(options.prefer);
         let position = candidates
@@ -442,6 +484,12 @@ fn finish(
                 candidates[..position].join(", ")
             ));
         }
+    }
+    if let Some(m) = measured_for(options, rule).filter(|m| m.quantization != quantization) {
+        reasons.push(format!(
+            "{} measured by `cargo edgeai sweep` ({}) was not usable here (see the rejected candidates); the matrix's prior applies",
+            m.quantization, m.source
+        ));
     }
     reasons.push(format!(
         "memory: weights {} + KV cache {} ({} tokens) + runtime overhead {} = {} of the {} budget ({} free)",

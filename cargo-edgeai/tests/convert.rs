@@ -583,6 +583,29 @@ fn minilm_embeddings_match_reference_forward() {
     }
 }
 
+/// The fixture BERT converts, and llama.cpp computes its embeddings: they agree with the
+/// independent Rust forward pass on the same token ids.
+#[test]
+fn fixture_bert_runs_in_llama_cpp() {
+    let ctx = TestContext::new();
+    let dir = fixture("tiny-bert");
+    let bert = Bert::load(&dir);
+    for (t, min) in [("f16", 0.999), ("f32", 0.999), ("q8_0", 0.99)] {
+        let out = ctx.path(&format!("tiny-bert-{t}.gguf"));
+        ok(&ctx, &["convert", s(&dir), "--outtype", t, "-o", s(&out)]);
+        let got = llama_embeddings(&out);
+        assert_eq!(got.len(), SENTENCES.len());
+        for (sentence, emb) in SENTENCES.iter().zip(&got) {
+            let reference = bert.embed(&token_ids(&out, sentence));
+            let cos = cosine(emb, &reference);
+            assert!(
+                cos >= min,
+                "tiny-bert {t}: cosine {cos} < {min} for {sentence:?}"
+            );
+        }
+    }
+}
+
 // ---- synthetic architectures ------------------------------------------------------------------
 
 /// Write an F32 safetensors file of pseudo-random tensors (norms at `norm`).

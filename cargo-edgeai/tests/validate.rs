@@ -402,3 +402,126 @@ fn bad_inputs_are_clear_errors_with_exit_1() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("min_top1"), "{}", stderr(&out));
 }
+
+/// Acceptance: a sweep over two types recommends the smallest that passes the gates, persists the
+/// result under the project's target/edgeai/<target>/sweep.json, writes one self-contained HTML
+/// report, and `plan` afterwards picks the measured type for the same model.
+#[test]
+fn sweep_recommends_persists_and_plan_uses_the_measured_type() {
+    let fx = fixture();
+    let html = fx.dir.join("sweep.html");
+    let out_dir = fx.dir.join("sweep-out");
+    #[rustfmt::skip]
+    let out = edgeai(&fx.dir, &[
+        "--manifest-path", s(&fx.manifest), "sweep", "--target", "edge-test",
+        "--model", s(&fx.f16), "--types", "Q4_0,Q8_0", "--out-dir", s(&out_dir),
+        "--text", s(&fx.text), "--ctx", CTX, "--chunks", "2", "--no-bench",
+        "--cache-dir", s(&fx.cache), "--format", "json", "--html", s(&html),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json(&out);
+    eprintln!(
+        "sweep: Q4_0 mean KLD {} top-1 {}; Q8_0 mean KLD {} top-1 {}",
+        v["results"][0]["quality"]["kld_mean"],
+        v["results"][0]["quality"]["top1_agreement"],
+        v["results"][1]["quality"]["kld_mean"],
+        v["results"][1]["quality"]["top1_agreement"]
+    );
+    // The edge-test gates (max_kld 0.02, the project's min_top1 0.9): Q4_0 fails, Q8_0 passes.
+    assert_eq!(v["results"][0]["passed"], false, "{v}");
+    assert_eq!(v["results"][1]["passed"], true, "{v}");
+    assert_eq!(v["recommended"], "Q8_0", "{v}");
+    assert!(out_dir.join("F16-Q4_0.gguf").is_file() && out_dir.join("F16-Q8_0.gguf").is_file());
+
+    // The persisted result.
+    let record_path = fx.dir.join("app/target/edgeai/edge-test/sweep.json");
+    let text = std::fs::read_to_string(&record_path).expect("sweep.json written");
+    let rec: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(rec["schema"], 1);
+    assert_eq!(rec["target"], "edge-test");
+    assert_eq!(
+        rec["model_sha256"].as_str().unwrap(),
+        edgeai::validate::cache::sha256_file(&fx.f16).unwrap()
+    );
+    assert_eq!(rec["recommended"], "Q8_0");
+    assert_eq!(rec["ctx"], 256);
+    assert_eq!(rec["chunks"], 2);
+    let types = rec["types"].as_array().unwrap();
+    assert_eq!(types.len(), 2, "{rec}");
+    assert_eq!(types[0]["type"], "Q4_0");
+    assert_eq!(types[0]["passed"], false);
+    assert!(!types[0]["failed_gates"].as_array().unwrap().is_empty());
+    assert_eq!(types[1]["type"], "Q8_0");
+    assert_eq!(types[1]["passed"], true);
+    assert_eq!(types[1]["failed_gates"].as_array().unwrap().len(), 0);
+    for t in types {
+        for key in [
+            "size_bytes",
+            "ppl",
+            "ppl_ratio",
+            "kld_mean",
+            "top1_agreement",
+        ] {
+            assert!(t[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {t}");
+        }
+    }
+    assert!(
+        types[0]["size_bytes"].as_u64().unwrap() < types[1]["size_bytes"].as_u64().unwrap(),
+        "Q4_0 is the smaller file"
+    );
+
+    // One self-contained HTML file with SVG plots, one point per type in each quality plot.
+    let page = std::fs::read_to_string(&html).expect("html written");
+    assert!(page.starts_with("<!DOCTYPE html>"));
+    assert!(page.contains("recommended: Q8_0"));
+    for external in ["<script src", "<link", "<img", "src=\"http", "href=\"http"] {
+        assert!(!page.contains(external), "external resource {external}");
+    }
+    let svgs: Vec<&str> = page.split("<svg").skip(1).collect();
+    assert_eq!(svgs.len(), 4, "four plots");
+    for plot in &svgs[..2] {
+        let plot = plot.split("</svg>").next().unwrap();
+        assert_eq!(plot.matches("class=\"point\"").count(), 2, "{plot}");
+        assert!(plot.contains("Q4_0") && plot.contains("Q8_0"), "{plot}");
+    }
+
+    // `plan` for the same model and target now uses the measured type.
+    #[rustfmt::skip]
+    let plan = edgeai(&fx.dir, &[
+        "--manifest-path", s(&fx.manifest), "plan", "--target", "edge-test",
+        "--model", s(&fx.f16), "--format", "json",
+    ]);
+    assert_eq!(plan.status.code(), Some(0), "{}", stderr(&plan));
+    let p = json(&plan);
+    assert_eq!(p["quantization"], "Q8_0", "{p}");
+    assert_eq!(p["framework"], "llama.cpp", "{p}");
+    let reasons: Vec<&str> = p["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    assert!(
+        reasons.contains(
+            &"Q8_0 measured by `cargo edgeai sweep` (sweep.json): the smallest type that passed the gates"
+        ),
+        "{reasons:?}"
+    );
+    assert!(p["estimate"]["tensor_types"].get("Q8_0").is_some(), "{p}");
+    // Another model's content (or another target) keeps the matrix's prior.
+    #[rustfmt::skip]
+    let other = edgeai(&fx.dir, &[
+        "--manifest-path", s(&fx.manifest), "plan", "--target", "edge-test",
+        "--model", s(&quantized(fx, "Q8_0")), "--format", "json",
+    ]);
+    assert_eq!(other.status.code(), Some(0), "{}", stderr(&other));
+    let o = json(&other);
+    assert!(!o["reasons"].to_string().contains("measured by"), "{o}");
+    #[rustfmt::skip]
+    let host = edgeai(&fx.dir, &[
+        "--manifest-path", s(&fx.manifest), "plan", "--target", "host-x86_64",
+        "--model", s(&fx.f16), "--format", "json",
+    ]);
+    assert_eq!(host.status.code(), Some(0), "{}", stderr(&host));
+    assert_eq!(json(&host)["quantization"], "Q4_K_M");
+}
