@@ -2118,8 +2118,9 @@ fn quant_error(p: &PlannedTensor, path: &Path, e: quants::QuantError) -> Error {
     )
 }
 
-/// Input rows to f32 (`llama_tensor_dequantize_impl`).
-fn to_f32(
+/// Input rows to f32 (`llama_tensor_dequantize_impl`); also the converter's and exporter's
+/// source-row conversion.
+pub(crate) fn to_f32(
     ty: GgmlType,
     src: &[u8],
     dst: &mut [f32],

@@ -720,34 +720,8 @@ pub fn do_convert(opts: &ConvertOptions) -> Result<ConvertReport> {
     Ok(report)
 }
 
-/// Source values of one row to f32.
-pub(crate) fn row_to_f32(
-    ty: GgmlType,
-    src: &[u8],
-    dst: &mut [f32],
-) -> std::result::Result<(), quants::QuantError> {
-    match ty {
-        GgmlType::F32 => {
-            for (d, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
-                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-            Ok(())
-        }
-        GgmlType::F16 => {
-            for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                *d = quants::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
-            }
-            Ok(())
-        }
-        GgmlType::BF16 => {
-            for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                *d = quants::bf16_to_f32(u16::from_le_bytes([b[0], b[1]]));
-            }
-            Ok(())
-        }
-        _ => quants::dequantize_rows(ty, src, dst),
-    }
-}
+/// Source values of one row to f32: the quantizer's conversion (F16C-accelerated, exact).
+pub(crate) use crate::llama_quant::to_f32 as row_to_f32;
 
 /// f32 rows to `ty` (float types directly, quantized types through [`quants::quantize_rows`]).
 pub(crate) fn f32_to_type(
