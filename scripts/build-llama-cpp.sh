@@ -6,7 +6,8 @@
 #
 # Output (idempotent; skipped entirely once the stamp file exists):
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/cargo-edgeai-ci/llama.cpp-<version>/
-#     bin/      llama-quantize llama-perplexity llama-bench llama-simple llama-completion [llama-imatrix]
+#     bin/      llama-quantize llama-perplexity llama-bench llama-simple llama-completion llama-embedding
+#               llama-tokenize [llama-imatrix]
 #     lib/      libggml-base.a (the quantizers: ggml/src/ggml.c + ggml-quants.c)
 #     include/  ggml public headers (ggml.h, ggml-cpu.h, ...) + ggml-quants.h / ggml-common.h for reference
 #     src -> the unpacked llama.cpp tree, BUILD-INFO.txt (flags, compile line of ggml-quants.c), .stamp
@@ -37,7 +38,8 @@ PREFIX="$CACHE/llama.cpp-$VERSION"
 WORK="$CACHE/llama.cpp-work/$VERSION"
 STAMP="$PREFIX/.stamp"
 JOBS="${JOBS:-$(nproc)}"
-REQUIRED_TARGETS=(llama-quantize llama-perplexity llama-bench llama-simple llama-completion)
+# llama-embedding and llama-tokenize: the convert tests check BERT embeddings and tokenization.
+REQUIRED_TARGETS=(llama-quantize llama-perplexity llama-bench llama-simple llama-completion llama-embedding llama-tokenize)
 OPTIONAL_TARGETS=(llama-imatrix)
 
 log() { echo "build-llama-cpp: $*" >&2; }

@@ -30,7 +30,6 @@ fn tool(name: &str) -> PathBuf {
         dirs.push(PathBuf::from(d));
     }
     dirs.push(cache().join("llama.cpp-0.3.36").join("bin"));
-    dirs.push(cache().join("llama.cpp-work/0.3.36/build/bin"));
     for d in &dirs {
         let p = d.join(name);
         if p.is_file() {
@@ -38,7 +37,7 @@ fn tool(name: &str) -> PathBuf {
         }
     }
     panic!(
-        "llama.cpp tool {name} not found in {dirs:?}: run scripts/build-llama-cpp.sh (with llama-embedding and llama-tokenize) or set LLAMA_CPP_BIN"
+        "llama.cpp tool {name} not found in {dirs:?}: run scripts/build-llama-cpp.sh or set LLAMA_CPP_BIN"
     );
 }
 
