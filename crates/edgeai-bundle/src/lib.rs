@@ -1,0 +1,1 @@
+//! Deterministic bundles (zip), their manifest and SBOM, minisign signatures and verification.

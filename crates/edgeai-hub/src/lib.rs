@@ -1,0 +1,1 @@
+//! Resumable, checksummed downloads of Hugging Face Hub models (hf://org/name@revision).

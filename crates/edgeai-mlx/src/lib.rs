@@ -1,0 +1,1 @@
+//! MLX quantization (affine, mxfp4) bit-exact with mlx, and MLX model writing.

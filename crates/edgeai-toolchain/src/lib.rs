@@ -1,0 +1,1 @@
+//! Managed, pinned Python toolchains (uv or venv + pip) for vendor tools.
