@@ -50,6 +50,8 @@ pub struct DoctorReport {
     pub tools: Vec<ToolStatus>,
     pub rustup_targets: Vec<String>,
     pub managed_toolchains: Vec<String>,
+    /// Every known managed toolchain, installed or not, with versions and its install command.
+    pub toolchains: Vec<edgeai_toolchain::ToolchainStatus>,
     pub targets: Vec<TargetReadiness>,
 }
 
@@ -258,20 +260,19 @@ pub fn rustup_targets() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Names of the managed Python toolchains under the cache directory.
+/// Names of the managed Python toolchains that are installed and up to date.
 pub fn managed_toolchains() -> Vec<String> {
-    let dir = cache_dir().join("toolchains");
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter(|e| e.path().join("bin").join("python").exists())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+    toolchain_statuses()
+        .into_iter()
+        .filter(|t| t.installed)
+        .map(|t| t.name)
+        .collect()
+}
+
+/// Every known managed toolchain (edgeai-toolchain), installed or not; none when its manifest
+/// is unreadable (doctor reports, it does not fail).
+pub fn toolchain_statuses() -> Vec<edgeai_toolchain::ToolchainStatus> {
+    edgeai_toolchain::list().unwrap_or_default()
 }
 
 /// What each step of a plan needs, as names of tools or managed toolchains (`toolchain:NAME`)
@@ -331,7 +332,12 @@ pub fn step_requirements(
 pub fn do_doctor(targets: &TargetSet, matrix: &Matrix) -> DoctorReport {
     let tools = probe_tools();
     let rustup_targets = rustup_targets();
-    let managed = managed_toolchains();
+    let toolchains = toolchain_statuses();
+    let managed: Vec<String> = toolchains
+        .iter()
+        .filter(|t| t.installed)
+        .map(|t| t.name.clone())
+        .collect();
     let mut have: BTreeSet<String> = tools
         .iter()
         .filter(|t| t.found)
@@ -372,6 +378,7 @@ pub fn do_doctor(targets: &TargetSet, matrix: &Matrix) -> DoctorReport {
         tools,
         rustup_targets,
         managed_toolchains: managed,
+        toolchains,
         targets: readiness,
     }
 }
@@ -399,13 +406,30 @@ pub fn render_human(report: &DoctorReport) -> String {
     ));
     out.push_str(&format!(
         "Managed toolchains ({}): {}\n",
-        cache_dir().join("toolchains").display(),
+        edgeai_toolchain::root().display(),
         if report.managed_toolchains.is_empty() {
-            "none".into()
+            "none installed".into()
         } else {
             report.managed_toolchains.join(", ")
         }
     ));
+    for t in &report.toolchains {
+        let mark = if t.installed { "ok " } else { "-- " };
+        let detail = match t.state {
+            edgeai_toolchain::State::Installed => {
+                let mut v = vec![format!("python {}", t.python.as_deref().unwrap_or("?"))];
+                v.extend(t.versions.iter().map(|(k, ver)| format!("{k} {ver}")));
+                v.join(", ")
+            }
+            edgeai_toolchain::State::Outdated => {
+                format!("outdated (lock changed): run `{}`", t.install_command)
+            }
+            edgeai_toolchain::State::Missing => {
+                format!("not installed: run `{}`", t.install_command)
+            }
+        };
+        out.push_str(&format!("  {mark}{:<22} {detail}\n", t.name));
+    }
     out.push_str("\nSteps that can run here (default LLM plan per target)\n");
     for t in &report.targets {
         let ready: Vec<&str> = t

@@ -77,6 +77,55 @@ pub enum Error {
     #[error("{message}")]
     #[diagnostic(code(edgeai::gate_failed), help("{help}"))]
     GateFailed { message: String, help: String },
+
+    /// Bundling, signing or verifying a bundle failed (edgeai-bundle names the file, the
+    /// entry and the failed check, with its own help line).
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Bundle(#[from] edgeai_bundle::Error),
+
+    /// A managed Python toolchain is unknown, not installed, outdated, or failed to install.
+    /// `inner` keeps the toolchain error so callers can match on `NotInstalled` (not a
+    /// `#[source]`: miette would print the same message twice). Boxed: keeps `Result` small.
+    #[error("{inner}")]
+    #[diagnostic(code(edgeai::toolchain), help("{help}"))]
+    Toolchain {
+        inner: Box<edgeai_toolchain::Error>,
+        help: String,
+    },
+
+    /// The app cannot be linked for `triple` on this OS (Apple, MSVC from Linux). `cargo edgeai
+    /// build` bundles without the app binary and records `reason`.
+    #[error("cannot link `{triple}` binaries on this machine: {reason}")]
+    #[diagnostic(code(edgeai::cannot_link_here), help("{help}"))]
+    CannotLinkHere {
+        triple: String,
+        reason: String,
+        help: String,
+    },
+
+    /// An external program the command needs (a cross linker, rustup, a Rust target) is missing.
+    #[error("`{tool}` is missing: {message}")]
+    #[diagnostic(code(edgeai::missing_tool), help("{help}"))]
+    MissingTool {
+        tool: String,
+        message: String,
+        help: String,
+    },
+
+    /// `cargo build` of the user's app failed; the message ends with Cargo's last lines.
+    #[error("{message}")]
+    #[diagnostic(code(edgeai::app_build), help("{help}"))]
+    AppBuild { message: String, help: String },
+}
+
+impl From<edgeai_toolchain::Error> for Error {
+    fn from(inner: edgeai_toolchain::Error) -> Self {
+        Error::Toolchain {
+            help: inner.help(),
+            inner: Box::new(inner),
+        }
+    }
 }
 
 impl Error {

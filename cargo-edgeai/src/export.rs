@@ -459,7 +459,7 @@ pub fn do_export(opts: &ExportOptions) -> Result<ExportReport> {
         offset += 4 * n;
     }
     let mut hjson = serde_json::to_vec(&Value::Object(header)).unwrap_or_default();
-    while hjson.len() % 8 != 0 {
+    while !hjson.len().is_multiple_of(8) {
         hjson.push(b' ');
     }
     let st_path = dir.join("model.safetensors");

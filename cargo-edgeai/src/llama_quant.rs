@@ -867,7 +867,7 @@ impl TypeChooser {
 pub fn row_fallback(target: GgmlType, ncols: u64) -> Option<GgmlType> {
     use GgmlType as G;
     let qk = target.block_size();
-    if ncols % qk == 0 {
+    if ncols.is_multiple_of(qk) {
         return Some(target);
     }
     let ret = match target {
@@ -886,7 +886,7 @@ pub fn row_fallback(target: GgmlType, ncols: u64) -> Option<GgmlType> {
         _ if qk <= 32 => target,
         _ => return None,
     };
-    Some(if ncols % ret.block_size() != 0 {
+    Some(if !ncols.is_multiple_of(ret.block_size()) {
         G::F16
     } else {
         ret

@@ -55,6 +55,8 @@ enum Command {
     Inspect(InspectArgs),
     /// Report the toolchains and runtimes found, and which steps of which targets can run here.
     Doctor(DoctorArgs),
+    /// Install, list or remove the managed Python toolchains (mlx, onnxruntime, ...).
+    Toolchain(ToolchainArgs),
     /// Add a commented [package.metadata.edgeai] table to Cargo.toml (idempotent).
     Init(InitArgs),
     /// Quantize a GGUF model (byte-identical to llama.cpp's llama-quantize).
@@ -69,6 +71,117 @@ enum Command {
     Validate(ValidateArgs),
     /// Quantize to several types, validate each, and recommend the smallest that passes the gates.
     Sweep(SweepArgs),
+    /// Run the whole pipeline: convert, quantize, validate, build the app, bundle and sign.
+    Build(BuildArgs),
+    /// Remove target/edgeai (the step cache and bundles), or one target's outputs.
+    Clean(CleanArgs),
+    /// Generate a minisign key pair for signing bundles (secret key 0600, public key KEY.pub).
+    Keygen(KeygenArgs),
+    /// Sign a bundle: writes BUNDLE.minisig next to it (minisign format, prehashed Ed25519).
+    Sign(SignArgs),
+    /// Verify a bundle: signature, then every file's sha256 and size, then no missing or extra entries.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+struct KeygenArgs {
+    /// Secret key file to write; the public key goes to KEY.pub.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "KEY",
+        default_value = "edgeai.key"
+    )]
+    output: PathBuf,
+    /// Store the secret key without a password (not recommended; e.g. for a CI secret store).
+    #[arg(long, conflicts_with = "password_file")]
+    unencrypted: bool,
+    /// Read the password from the first line of FILE (else EDGEAI_KEY_PASSWORD, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Replace existing key files.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+struct SignArgs {
+    /// The bundle (.zip) to sign.
+    bundle: PathBuf,
+    /// Minisign secret key (from `cargo edgeai keygen`).
+    #[arg(long, value_name = "KEY")]
+    key: PathBuf,
+    /// Read the key's password from the first line of FILE (else EDGEAI_KEY_PASSWORD, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// The bundle (.zip); its signature is BUNDLE.minisig next to it.
+    bundle: PathBuf,
+    /// Minisign public key (KEY.pub from `cargo edgeai keygen`).
+    #[arg(long, value_name = "PUB")]
+    pubkey: PathBuf,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+}
+
+/// The secret key's password: --password-file, else EDGEAI_KEY_PASSWORD, else a terminal prompt.
+fn key_password(file: Option<&Path>, confirm: bool) -> Result<String> {
+    if let Some(f) = file {
+        return Ok(edgeai_bundle::read_password_file(f)?);
+    }
+    if let Some(p) = std::env::var(edgeai_bundle::PASSWORD_ENV)
+        .ok()
+        .filter(|p| !p.is_empty())
+    {
+        return Ok(p);
+    }
+    Ok(edgeai_bundle::prompt_password(
+        "Password for the secret key: ",
+        confirm,
+    )?)
+}
+
+fn public_key_path(secret: &Path) -> PathBuf {
+    let mut s = secret.as_os_str().to_owned();
+    s.push(".pub");
+    PathBuf::from(s)
+}
+
+#[derive(Args, Debug)]
+struct BuildArgs {
+    /// Target device (repeatable; default: the first of [package.metadata.edgeai] targets, else host-x86_64).
+    #[arg(long = "target", value_name = "NAME")]
+    targets: Vec<String>,
+    /// Build the app with the release profile.
+    #[arg(long)]
+    release: bool,
+    /// Build every target listed in [package.metadata.edgeai] targets.
+    #[arg(long)]
+    all_targets: bool,
+    /// No network: models from the hub cache, cargo --offline.
+    #[arg(long)]
+    offline: bool,
+    /// Minisign secret key to sign with (else EDGEAI_SIGNING_KEY, else [package.metadata.edgeai] signing-key; password from EDGEAI_KEY_PASSWORD).
+    #[arg(long, value_name = "KEY")]
+    key: Option<PathBuf>,
+    /// Do not validate the quantized model (recorded as skipped in the bundle's manifest).
+    #[arg(long)]
+    skip_validation: bool,
+    /// Worker threads for convert, quantize and validate (default: all cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+}
+
+#[derive(Args, Debug)]
+struct CleanArgs {
+    /// Only this target's outputs (target/edgeai/NAME); the step cache stays.
+    #[arg(long, value_name = "NAME")]
+    target: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -115,12 +228,27 @@ struct EvalArgs {
 
 #[derive(Args, Debug)]
 struct ValidateArgs {
-    /// The quantized GGUF to validate.
+    /// The quantized GGUF (or MLX directory, validated with mlx-lm) to validate.
     #[arg(long, value_name = "CANDIDATE.gguf")]
     model: PathBuf,
-    /// The unquantized GGUF it was made from.
+    /// The unquantized GGUF (for MLX: the Hugging Face or MLX directory) it was made from.
     #[arg(long, value_name = "REF.gguf")]
     reference: PathBuf,
+    /// ONNX models: a directory of sample inputs (.npz per sample, or INPUT.npy files).
+    #[arg(long, value_name = "DIR")]
+    inputs: Option<PathBuf>,
+    /// ONNX text encoders: the WordPiece tokenizer.json that tokenizes --text (one sentence per line).
+    #[arg(long, value_name = "tokenizer.json")]
+    tokenizer: Option<PathBuf>,
+    /// ONNX models: use at most N sentences of --text.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    sentences: usize,
+    /// ONNX models: timed runs per model for latency p50/p95.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    runs: usize,
+    /// ONNX models: untimed warm-up runs per model.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    warmup: usize,
     #[command(flatten)]
     eval: EvalArgs,
 }
@@ -186,17 +314,30 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
 
 #[derive(Args, Debug)]
 struct ConvertArgs {
-    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json); for
+    /// --format mlx also a GGUF (exported to Hugging Face first).
     input: PathBuf,
-    /// Output file.
+    /// Output file (GGUF) or directory (MLX).
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     output: PathBuf,
-    /// Output format (gguf).
+    /// Output format (gguf, mlx).
     #[arg(long = "format", value_name = "FORMAT", default_value = "gguf")]
     out_format: String,
     /// f32, f16, bf16, q8_0 or any quantize type (Q4_K_M, Q6_K, ...).
     #[arg(long, value_name = "TYPE", default_value = "f16")]
     outtype: String,
+    /// MLX: bits per weight (affine 2, 3, 4, 5, 6, 8; mxfp4 4). Default 4.
+    #[arg(long, value_name = "BITS")]
+    bits: Option<u32>,
+    /// MLX: quantization group size (affine 32, 64, 128; mxfp4 32). Default 64 (mxfp4: 32).
+    #[arg(long = "group-size", value_name = "N")]
+    group_size: Option<usize>,
+    /// MLX: quantization mode, affine or mxfp4.
+    #[arg(long, value_name = "MODE")]
+    mode: Option<String>,
+    /// MLX: mlx-lm mixed recipe (mixed_2_6, mixed_3_4, mixed_3_6, mixed_4_6).
+    #[arg(long, value_name = "RECIPE")]
+    recipe: Option<String>,
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -351,6 +492,114 @@ struct DoctorArgs {
 }
 
 #[derive(Args, Debug)]
+struct ToolchainArgs {
+    #[command(subcommand)]
+    action: ToolchainAction,
+    #[arg(long, value_enum, default_value_t = Format::Human, global = true)]
+    format: Format,
+}
+
+#[derive(Subcommand, Debug)]
+enum ToolchainAction {
+    /// Create the pinned environment of a toolchain (rebuilt when its lock file changed).
+    Install {
+        /// Toolchain name (see `cargo edgeai toolchain list`).
+        name: String,
+        /// Install from this folder of wheels (pip/uv --find-links).
+        #[arg(long, value_name = "DIR")]
+        find_links: Option<PathBuf>,
+        /// No network: only --find-links (and uv's cache).
+        #[arg(long)]
+        offline: bool,
+        /// Rebuild even when the environment is up to date.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the known toolchains: installed or not, Python and package versions, path.
+    List,
+    /// Delete a toolchain's environment.
+    Remove {
+        /// Toolchain name.
+        name: String,
+    },
+}
+
+fn run_toolchain(global: &GlobalArgs, args: &ToolchainArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    let root = edgeai_toolchain::root();
+    match &args.action {
+        ToolchainAction::Install {
+            name,
+            find_links,
+            offline,
+            force,
+        } => {
+            let spec = edgeai_toolchain::spec::spec(name)?;
+            // Step lines for people; the installer's own progress bars only on a terminal.
+            let progress = match args.format {
+                Format::Json => edgeai_toolchain::Progress::Quiet,
+                Format::Human if global.quiet => edgeai_toolchain::Progress::Quiet,
+                Format::Human if std::io::stderr().is_terminal() => {
+                    edgeai_toolchain::Progress::Live
+                }
+                Format::Human => edgeai_toolchain::Progress::Steps,
+            };
+            let opts = edgeai_toolchain::InstallOptions {
+                find_links: find_links.clone(),
+                offline: *offline,
+                force: *force,
+            };
+            let started = std::time::Instant::now();
+            let tc = edgeai_toolchain::install_spec(&spec, &root, &opts, progress)?;
+            let status = edgeai_toolchain::status_in(&root, &spec);
+            match args.format {
+                Format::Json => {
+                    let mut v = serde_json::to_value(&status)
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    v["installer"] = tc.stamp.installer.clone().into();
+                    v["elapsed_s"] = started.elapsed().as_secs_f64().into();
+                    print(&report::to_json(&v))
+                }
+                Format::Human if global.quiet => Ok(()),
+                Format::Human => print(&edgeai_toolchain::render_list(&[status])),
+            }
+        }
+        ToolchainAction::List => {
+            let all = edgeai_toolchain::list()?;
+            match args.format {
+                Format::Json => print(&report::to_json(&all)),
+                Format::Human if global.quiet => Ok(()),
+                Format::Human => print(&edgeai_toolchain::render_list(&all)),
+            }
+        }
+        ToolchainAction::Remove { name } => {
+            let spec = edgeai_toolchain::spec::spec(name)?;
+            let dir = root.join(&spec.name);
+            let existed = dir.exists();
+            edgeai_toolchain::remove_in(&root, &spec.name)?;
+            match args.format {
+                Format::Json => print(&report::to_json(&serde_json::json!({
+                    "name": spec.name,
+                    "removed": existed,
+                    "dir": dir,
+                }))),
+                Format::Human if global.quiet => Ok(()),
+                Format::Human if existed => print(&format!(
+                    "removed toolchain `{}` ({})\n",
+                    spec.name,
+                    dir.display()
+                )),
+                Format::Human => print(&format!(
+                    "toolchain `{}` is not installed ({})\n",
+                    spec.name,
+                    dir.display()
+                )),
+            }
+        }
+    }
+}
+
+#[derive(Args, Debug)]
 struct InitArgs {
     /// Model to write into the table.
     #[arg(long, default_value = "models/model.gguf")]
@@ -501,6 +750,7 @@ fn run(cli: &Cli) -> Result<()> {
                 Format::Human => print(&report::render_facts(&facts, args.tensors)),
             }
         }
+        Command::Toolchain(args) => run_toolchain(&cli.global, args),
         Command::Doctor(args) => {
             let project = project(&cli.global).ok().flatten();
             let targets = target_set(project.as_ref())?;
@@ -548,7 +798,40 @@ fn run(cli: &Cli) -> Result<()> {
                 Format::Human => print(&report.render_human()),
             }
         }
+        Command::Convert(args) if args.out_format.eq_ignore_ascii_case("mlx") => {
+            let mode = args.mode.clone().unwrap_or_else(|| "affine".into());
+            let default_group = if mode == "mxfp4" { 32 } else { 64 };
+            let summary = edgeai::mlx::convert_to_mlx(
+                &args.input,
+                &args.output,
+                &edgeai::mlx::MlxConvertOptions {
+                    bits: args.bits.unwrap_or(4),
+                    group_size: args.group_size.unwrap_or(default_group),
+                    mode,
+                    recipe: args.recipe.clone(),
+                    threads: args.threads,
+                    ..Default::default()
+                },
+            )?;
+            match args.report {
+                Format::Json => print(&report::to_json(&summary)),
+                Format::Human if cli.global.quiet => Ok(()),
+                Format::Human => print(&summary.render_human()),
+            }
+        }
         Command::Convert(args) => {
+            if args.bits.is_some()
+                || args.group_size.is_some()
+                || args.mode.is_some()
+                || args.recipe.is_some()
+            {
+                return Err(Error::Usage {
+                    message: "--bits, --group-size, --mode and --recipe apply to --format mlx"
+                        .into(),
+                    help: "for GGUF pick the quantization with --outtype (Q4_K_M, Q8_0, ...)"
+                        .into(),
+                });
+            }
             let report = edgeai::convert::do_convert(&edgeai::convert::ConvertOptions {
                 input: args.input.clone(),
                 output: args.output.clone(),
@@ -575,6 +858,63 @@ fn run(cli: &Cli) -> Result<()> {
                 Format::Human => print(&report.render_human()),
             }
         }
+        Command::Validate(args) if edgeai::validate::ort::is_onnx(&args.model) => {
+            use edgeai::validate::ort as vo;
+            let (target, opts) = eval_setup(
+                &cli.global,
+                &args.eval,
+                args.model.clone(),
+                args.reference.clone(),
+            )?;
+            let inputs = match (&args.inputs, &args.eval.text, &args.tokenizer) {
+                (Some(dir), None, None) => vo::InputSource::Dir(dir.clone()),
+                (None, Some(file), Some(tok)) => vo::InputSource::Text {
+                    file: file.clone(),
+                    tokenizer: tok.clone(),
+                    max_sentences: args.sentences,
+                },
+                _ => {
+                    return Err(Error::Usage {
+                        message: format!(
+                            "{}: an ONNX validation needs sample inputs: --inputs DIR, or --text FILE with --tokenizer tokenizer.json",
+                            args.model.display()
+                        ),
+                        help: "pass --inputs DIR (.npz per sample / INPUT.npy files) or, for a text encoder, --text sentences.txt --tokenizer tokenizer.json".into(),
+                    })
+                }
+            };
+            let mut o = vo::OrtValidateOptions::new(target, inputs);
+            o.runs = args.runs;
+            o.warmup = args.warmup;
+            o.threads = opts.threads;
+            o.gates = opts.gates.clone();
+            let r = vo::validate_onnx(&args.model, &args.reference, &o)?;
+            if let Some(path) = &args.eval.junit {
+                write_file(path, &vo::render_junit(&[&r]))?;
+            }
+            if let Some(path) = &args.eval.html {
+                let title = format!(
+                    "cargo edgeai validate: {} on {}",
+                    r.candidate.label, r.target
+                );
+                let summary = if r.passed {
+                    "all gates passed"
+                } else {
+                    "gates failed"
+                };
+                write_file(path, &vo::render_html(&title, &[&r], summary))?;
+            }
+            match args.eval.format {
+                Format::Json => print(&report::to_json(&r))?,
+                Format::Human if cli.global.quiet => {}
+                Format::Human => print(&vo::render_human(&r))?,
+            }
+            let failed: Vec<_> = r.failures().collect();
+            match edgeai::validate::gate_error(&failed, &r.candidate.path.display().to_string()) {
+                Some(err) => Err(err),
+                None => Ok(()),
+            }
+        }
         Command::Validate(args) => {
             use edgeai::validate::report as vr;
             let (target, opts) = eval_setup(
@@ -583,7 +923,18 @@ fn run(cli: &Cli) -> Result<()> {
                 args.model.clone(),
                 args.reference.clone(),
             )?;
-            let r = edgeai::validate::do_validate(&target, &opts)?;
+            // An MLX directory (config.json `quantization` + safetensors format=mlx) is
+            // measured with mlx-lm in the `mlx` toolchain; anything else with llama.cpp.
+            let mlx = edgeai::validate::mlx::is_mlx_dir(&args.model);
+            let r = if mlx {
+                edgeai::validate::mlx::validate_mlx(
+                    &opts.candidate,
+                    &opts.reference,
+                    &edgeai::validate::mlx::MlxValidateOptions::from_validate(&target, &opts),
+                )?
+            } else {
+                edgeai::validate::do_validate(&target, &opts)?
+            };
             if let Some(path) = &args.eval.junit {
                 write_file(path, &vr::render_junit(&[&r]))?;
             }
@@ -597,11 +948,17 @@ fn run(cli: &Cli) -> Result<()> {
                 } else {
                     "gates failed"
                 };
-                write_file(path, &vr::render_html(&title, &[&r], summary))?;
+                let html = if mlx {
+                    edgeai::validate::mlx::render_html(&title, &[&r], summary)
+                } else {
+                    vr::render_html(&title, &[&r], summary)
+                };
+                write_file(path, &html)?;
             }
             match args.eval.format {
                 Format::Json => print(&report::to_json(&r))?,
                 Format::Human if cli.global.quiet => {}
+                Format::Human if mlx => print(&edgeai::validate::mlx::render_human(&r))?,
                 Format::Human => print(&vr::render_human(&r))?,
             }
             let failed: Vec<_> = r.failures().collect();
@@ -669,6 +1026,101 @@ fn run(cli: &Cli) -> Result<()> {
                 None => Ok(()),
             }
         }
+        Command::Build(args) => {
+            use std::io::IsTerminal;
+            let outcome = edgeai::pipeline::do_build(&edgeai::pipeline::BuildOptions {
+                manifest_path: cli.global.manifest_path.clone(),
+                targets: args.targets.clone(),
+                all_targets: args.all_targets,
+                release: args.release,
+                offline: args.offline,
+                key: args.key.clone(),
+                skip_validation: args.skip_validation,
+                // Progress only for a person watching: human output on a terminal.
+                progress: matches!(args.format, Format::Human)
+                    && !cli.global.quiet
+                    && std::io::stdout().is_terminal(),
+                threads: args.threads,
+            })?;
+            if !cli.global.quiet {
+                for w in &outcome.warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
+            match args.format {
+                Format::Json => print(&report::to_json(&outcome)),
+                Format::Human if cli.global.quiet => Ok(()),
+                Format::Human => print(&outcome.render_human()),
+            }
+        }
+        Command::Clean(args) => {
+            let outcome = edgeai::pipeline::do_clean(
+                cli.global.manifest_path.as_deref(),
+                args.target.as_deref(),
+            )?;
+            if !cli.global.quiet {
+                for p in &outcome.removed {
+                    eprintln!("removed {}", p.display());
+                }
+            }
+            Ok(())
+        }
+        Command::Keygen(args) => {
+            let public = public_key_path(&args.output);
+            let protection = if args.unencrypted {
+                edgeai_bundle::KeyProtection::Unencrypted
+            } else {
+                edgeai_bundle::KeyProtection::Password(key_password(
+                    args.password_file.as_deref(),
+                    true,
+                )?)
+            };
+            edgeai_bundle::keygen(&args.output, &public, protection, args.force)?;
+            if !cli.global.quiet {
+                print(&format!(
+                    "secret key: {} (mode 0600{}); keep it out of version control\npublic key: {} (give it to whoever verifies bundles)\n",
+                    args.output.display(),
+                    if args.unencrypted { ", NOT encrypted" } else { ", encrypted" },
+                    public.display()
+                ))?;
+            }
+            Ok(())
+        }
+        Command::Sign(args) => {
+            let password = if edgeai_bundle::secret_key_is_encrypted(&args.key)? {
+                Some(key_password(args.password_file.as_deref(), false)?)
+            } else {
+                None
+            };
+            let sig = edgeai_bundle::sign_bundle(&args.bundle, &args.key, password.as_deref())?;
+            if !cli.global.quiet {
+                print(&format!(
+                    "signed {} -> {}\n",
+                    args.bundle.display(),
+                    sig.display()
+                ))?;
+            }
+            Ok(())
+        }
+        Command::Verify(args) => match edgeai_bundle::verify_bundle(&args.bundle, &args.pubkey) {
+            Ok(r) => match args.format {
+                Format::Json => print(&report::to_json(&r)),
+                Format::Human if cli.global.quiet => Ok(()),
+                Format::Human => print(&r.render_human()),
+            },
+            Err(e) => {
+                if let Format::Json = args.format {
+                    print(&report::to_json(&serde_json::json!({
+                        "bundle": args.bundle,
+                        "passed": false,
+                        "failed_check": e.failed_check(),
+                        "error": e.to_string(),
+                        "help": e.help_text(),
+                    })))?;
+                }
+                Err(e.into())
+            }
+        },
         Command::Init(args) => {
             let Some(manifest) = find_manifest(cli.global.manifest_path.as_deref())? else {
                 return Err(Error::Usage {

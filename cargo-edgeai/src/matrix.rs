@@ -20,6 +20,29 @@ use crate::{Error, Result};
 /// File name of the built-in matrix inside `targets/`.
 pub const MATRIX_FILE: &str = "matrix.toml";
 
+/// ONNX Runtime execution providers a rule may name (ONNX Runtime's registered names).
+pub const EXECUTION_PROVIDERS: [&str; 10] = [
+    "CPUExecutionProvider",
+    "CUDAExecutionProvider",
+    "TensorrtExecutionProvider",
+    "DmlExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "QNNExecutionProvider",
+    "CoreMLExecutionProvider",
+    "XnnpackExecutionProvider",
+    "NnapiExecutionProvider",
+    "ROCMExecutionProvider",
+];
+
+/// Frameworks whose bundles run on ONNX Runtime: their rules must say which execution
+/// provider the device needs, or a bundle could ship without the EP it was quantized for.
+pub fn runs_on_onnxruntime(framework: Framework) -> bool {
+    matches!(
+        framework,
+        Framework::OnnxRuntime | Framework::Olive | Framework::Qnn
+    )
+}
+
 /// What the user prefers when several quantizations fit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -176,6 +199,39 @@ impl Matrix {
                     "list at least one candidate quantization",
                 ));
             }
+            match (&rule.execution_provider, runs_on_onnxruntime(rule.framework)) {
+                (None, true) => {
+                    return Err(at(
+                        start,
+                        format!(
+                            "rule `{}`: framework {} runs on ONNX Runtime but the rule names no execution_provider",
+                            rule.id, rule.framework
+                        ),
+                        &format!(
+                            "add execution_provider = one of: {}",
+                            EXECUTION_PROVIDERS.join(", ")
+                        ),
+                    ))
+                }
+                (Some(ep), false) => {
+                    return Err(at(
+                        start,
+                        format!(
+                            "rule `{}`: execution_provider `{ep}` given, but framework {} does not run on ONNX Runtime",
+                            rule.id, rule.framework
+                        ),
+                        "remove execution_provider from this rule",
+                    ))
+                }
+                (Some(ep), true) if !EXECUTION_PROVIDERS.contains(&ep.as_str()) => {
+                    return Err(at(
+                        start,
+                        format!("rule `{}`: unknown execution provider `{ep}`", rule.id),
+                        &format!("use one of: {}", EXECUTION_PROVIDERS.join(", ")),
+                    ))
+                }
+                _ => {}
+            }
             let lists = [
                 Some(&rule.quantizations),
                 rule.quality.as_ref(),
@@ -211,6 +267,107 @@ impl Matrix {
     }
 }
 
+/// The architectures the pinned mlx-lm can load (`cargo-edgeai/data/mlx-lm-architectures.toml`,
+/// generated from mlx-lm's sources by `scripts/gen-mlx-lm-architectures.py`). Embedded, so the
+/// planner stays pure and refuses MLX for a model mlx-lm cannot load before any download or
+/// conversion.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlxLmSupport {
+    /// The mlx-lm version the list was generated from.
+    pub mlx_lm: String,
+    /// Module names under `mlx_lm/models/` (each a `model_type` mlx-lm loads).
+    pub model_types: Vec<String>,
+    /// mlx-lm's MODEL_REMAPPING: model_type -> module.
+    #[serde(default)]
+    pub remapping: BTreeMap<String, String>,
+    /// mlx-lm's MODEL_ARCHITECTURE_REMAPPING: (model_type, architectures[i]) -> module.
+    #[serde(default)]
+    pub architecture_remapping: Vec<MlxArchitectureRemap>,
+}
+
+/// One entry of mlx-lm's MODEL_ARCHITECTURE_REMAPPING.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlxArchitectureRemap {
+    pub model_type: String,
+    pub architecture: String,
+    pub module: String,
+}
+
+/// The embedded mlx-lm architecture list.
+pub const MLX_LM_ARCHITECTURES: &str = include_str!("../data/mlx-lm-architectures.toml");
+
+impl MlxLmSupport {
+    /// The list embedded in this binary.
+    pub fn builtin() -> &'static MlxLmSupport {
+        static CELL: std::sync::OnceLock<MlxLmSupport> = std::sync::OnceLock::new();
+        // The file is generated and checked by the tests; a broken one is a build defect.
+        CELL.get_or_init(|| {
+            toml::from_str(MLX_LM_ARCHITECTURES)
+                .expect("cargo-edgeai/data/mlx-lm-architectures.toml parses")
+        })
+    }
+
+    /// The mlx-lm module a config.json's `model_type` (and `architectures`) resolves to, as
+    /// mlx_lm.utils._get_classes resolves it; `None` when mlx-lm has no such module.
+    pub fn module_for(&self, model_type: &str, architectures: &[&str]) -> Option<&str> {
+        let module = architectures
+            .iter()
+            .find_map(|a| {
+                self.architecture_remapping
+                    .iter()
+                    .find(|r| r.model_type == model_type && r.architecture == *a)
+                    .map(|r| r.module.as_str())
+            })
+            .or_else(|| self.remapping.get(model_type).map(String::as_str))
+            .unwrap_or(model_type);
+        self.model_types
+            .iter()
+            .find(|t| *t == module)
+            .map(String::as_str)
+    }
+
+    /// Whether mlx-lm loads a model whose facts name `architecture` (llama.cpp's naming for
+    /// known architectures, the config's `model_type` otherwise): the name is tried as a
+    /// model_type directly and through llama.cpp's spellings of Hugging Face model types.
+    pub fn loads_architecture(&self, architecture: &str) -> bool {
+        let alias = match architecture {
+            "phi2" => "phi",
+            "qwen2moe" => "qwen2_moe",
+            "qwen3moe" => "qwen3_moe",
+            "qwen3next" => "qwen3_next",
+            "qwen2vl" => "qwen2_vl",
+            "nomic-bert" => "nomic_bert",
+            "command-r" => "cohere",
+            "deepseek2" => "deepseek_v2",
+            "gptneox" => "gpt_neox",
+            "starcoder" => "gpt_bigcode",
+            "glm4moe" => "glm4_moe",
+            "bailingmoe" => "bailing_moe",
+            "hunyuan-moe" => "hunyuan",
+            "hunyuan-dense" => "hunyuan_v1_dense",
+            "gpt-oss" => "gpt_oss",
+            other => other,
+        };
+        self.module_for(alias, &[]).is_some()
+            || self.module_for(&alias.replace('-', "_"), &[]).is_some()
+    }
+
+    /// The model types, comma-separated, for error messages.
+    pub fn list(&self) -> String {
+        let mut all: Vec<&str> = self
+            .model_types
+            .iter()
+            .map(String::as_str)
+            .chain(self.remapping.keys().map(String::as_str))
+            .collect();
+        all.sort_unstable_by_key(|s| s.to_ascii_lowercase());
+        all.dedup();
+        all.join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +396,51 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("m.toml:2:1:"), "{msg}");
         assert!(msg.contains("not a mlx quantization"), "{msg}");
+    }
+
+    #[test]
+    fn onnxruntime_rules_name_a_known_execution_provider() {
+        let m = Matrix::builtin().unwrap();
+        for r in &m.rules {
+            assert_eq!(
+                r.execution_provider.is_some(),
+                runs_on_onnxruntime(r.framework),
+                "{}",
+                r.id
+            );
+        }
+        let rule = |extra: &str| {
+            format!(
+                "schema = 1\n[[rules]]\nid = \"x\"\naccelerator = \"cpu\"\nframework = \"onnxruntime\"\nformat = \"onnx\"\nkernel_backend = \"cpu\"\noverhead_mb = 1\nkv_bytes = 0\nquantizations = [\"fp32\"]\nwhy = \"w\"\n{extra}"
+            )
+        };
+        let err = Matrix::parse(Path::new("m.toml"), &rule("")).unwrap_err();
+        assert!(err.to_string().contains("names no execution_provider"), "{err}");
+        let err = Matrix::parse(
+            Path::new("m.toml"),
+            &rule("execution_provider = \"FooExecutionProvider\"\n"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown execution provider"), "{err}");
+        assert!(Matrix::parse(
+            Path::new("m.toml"),
+            &rule("execution_provider = \"CPUExecutionProvider\"\n")
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn mlx_lm_support_resolves_like_mlx_lm() {
+        let s = MlxLmSupport::builtin();
+        assert!(!s.mlx_lm.is_empty());
+        assert_eq!(s.module_for("llama", &[]), Some("llama"));
+        assert_eq!(s.module_for("mistral", &[]), Some("llama"));
+        assert_eq!(s.module_for("bert", &[]), None);
+        assert!(s.loads_architecture("llama"));
+        assert!(s.loads_architecture("phi2"));
+        assert!(s.loads_architecture("qwen2moe"));
+        assert!(!s.loads_architecture("bert"));
+        assert!(!s.loads_architecture("nomic-bert"));
+        assert!(s.list().contains("llama, "));
     }
 }

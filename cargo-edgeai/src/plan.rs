@@ -254,6 +254,19 @@ pub fn make_plan(
                 });
                 continue;
             }
+            if let Err(why) = mlx_loadable(facts, rule.framework) {
+                rejected.push(Rejected {
+                    rule: rule.id.clone(),
+                    framework: rule.framework,
+                    quantization: String::new(),
+                    total_bytes: None,
+                    reason: format!(
+                        "{why}; the model types it loads: {}",
+                        crate::matrix::MlxLmSupport::builtin().list()
+                    ),
+                });
+                continue;
+            }
             let measured = measured_for(options, rule);
             let candidates: Vec<String> = match (&options.quantization, measured) {
                 (Some(q), _) => vec![q.clone()],
@@ -319,6 +332,17 @@ pub fn make_plan(
     }
 
     if !any_rule {
+        if options.framework == Some(Framework::Mlx) {
+            if let Err(why) = mlx_loadable(facts, Framework::Mlx) {
+                return Err(Error::Usage {
+                    message: format!("{model_ref}: --framework mlx: {why}"),
+                    help: format!(
+                        "drop --framework mlx to plan with another framework (llama.cpp), or use a model whose config.json model_type is one of: {}",
+                        crate::matrix::MlxLmSupport::builtin().list()
+                    ),
+                });
+            }
+        }
         let mut help = match options.framework {
             Some(f) => {
                 format!("drop --framework {f}, or pick a target whose accelerators {f} runs on")
@@ -368,6 +392,23 @@ pub fn make_plan(
         ),
         help: what_would_fit(target, facts, &est, &quant, rule, context, options.prefer),
     })
+}
+
+/// MLX needs an architecture the pinned mlx-lm can load (`data/mlx-lm-architectures.toml`);
+/// without this check the user learns it only after download and conversion, when
+/// mlx_lm.load fails with "Model type X not supported".
+fn mlx_loadable(facts: &ModelFacts, framework: Framework) -> Result<(), String> {
+    if framework != Framework::Mlx {
+        return Ok(());
+    }
+    let support = crate::matrix::MlxLmSupport::builtin();
+    if support.loads_architecture(&facts.architecture) {
+        return Ok(());
+    }
+    Err(format!(
+        "mlx-lm {} cannot load the `{}` architecture (no mlx_lm.models module for it)",
+        support.mlx_lm, facts.architecture
+    ))
 }
 
 /// The measured choice, when it applies to `rule` (llama.cpp, no `--quant`).
@@ -670,6 +711,10 @@ fn steps(
         "vulkan" => (
             "glslc + spirv-val",
             "compile llama.cpp's Vulkan compute shaders to SPIR-V".to_string(),
+        ),
+        "metal" if rule.framework == Framework::LlamaCpp => (
+            "xcrun metal (macOS)",
+            "compile llama.cpp's ggml-metal kernels into a metallib".to_string(),
         ),
         "metal" => (
             "xcrun metal (macOS)",

@@ -24,6 +24,13 @@ pub struct EdgeaiMetadata {
     /// Production gates (read by `validate`).
     #[serde(default)]
     pub gates: Option<toml::Table>,
+    /// Quantization `cargo edgeai build` uses instead of the plan's choice (`Q8_0`, ...).
+    #[serde(default)]
+    pub quantization: Option<String>,
+    /// Minisign secret key `cargo edgeai build` signs bundles with, relative to the package
+    /// (overridden by `--key` and `EDGEAI_SIGNING_KEY`).
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
 }
 
 /// The package the command runs for.
@@ -124,6 +131,37 @@ pub fn load_project(manifest_path: Option<&Path>) -> Result<Option<Project>> {
     }))
 }
 
+/// The package of `manifest` read from the file alone, without running `cargo metadata`
+/// (which costs a process and ~100 ms): `None` when the manifest has no literal
+/// `package.name`/`package.version` (workspace inheritance needs cargo to resolve).
+/// `cargo edgeai build` uses it so that a no-op rebuild spawns nothing.
+pub fn load_package_manifest(manifest: &Path) -> Result<Option<Project>> {
+    let text = std::fs::read_to_string(manifest).map_err(|e| Error::io(manifest, e))?;
+    let value: toml::Table = match toml::from_str(&text) {
+        Ok(v) => v,
+        // cargo's error is the better one; let load_project report it.
+        Err(_) => return Ok(None),
+    };
+    let package = value.get("package").and_then(|p| p.as_table());
+    let field = |k: &str| {
+        package
+            .and_then(|p| p.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let (Some(name), Some(version)) = (field("name"), field("version")) else {
+        return Ok(None);
+    };
+    let metadata = parse_edgeai_table(manifest, &text)?;
+    let manifest_path = std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_path_buf());
+    Ok(Some(Project {
+        name,
+        version,
+        manifest_path,
+        metadata,
+    }))
+}
+
 #[derive(Deserialize)]
 struct ManifestShape {
     package: Option<PackageShape>,
@@ -144,7 +182,7 @@ pub fn parse_edgeai_table(path: &Path, text: &str) -> Result<EdgeaiMetadata> {
     let shape: ManifestShape = toml::from_str(text).map_err(|e| {
         let mut err = toml_error(path, text, &e);
         if let Error::Toml { help, .. } = &mut err {
-            *help = "[package.metadata.edgeai] takes model, targets, targets-dir and [gates]; run `cargo edgeai init` in a fresh project to see a commented example".into();
+            *help = "[package.metadata.edgeai] takes model, targets, targets-dir, quantization, signing-key and [gates]; run `cargo edgeai init` in a fresh project to see a commented example".into();
         }
         err
     })?;

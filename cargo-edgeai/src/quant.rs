@@ -664,7 +664,7 @@ fn mlx_tensor(
     let n = tensor.elements();
     let quantizable = tensor.shape.len() >= 2
         && !matches!(role, TensorRole::Norm)
-        && tensor.row_len() % u64::from(group) == 0;
+        && tensor.row_len().is_multiple_of(u64::from(group));
     if quantizable {
         let groups = n / u64::from(group);
         // Packed weights plus f16 scales and biases per group.

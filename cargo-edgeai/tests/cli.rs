@@ -386,7 +386,7 @@ fn plan_on_a_4gib_sparse_safetensors_reads_headers_only() {
     // One F32 tensor of 2^30 elements: 4 GiB of data that is never read (a sparse hole).
     let header = r#"{"model.embed_tokens.weight":{"dtype":"F32","shape":[1048576,1024],"data_offsets":[0,4294967296]}}"#;
     let mut header = header.as_bytes().to_vec();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let path = ctx.path("big/model.safetensors");

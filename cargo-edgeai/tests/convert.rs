@@ -633,7 +633,7 @@ fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)], norm: f32) {
         );
     }
     let mut h = serde_json::to_vec(&Value::Object(header)).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -1225,7 +1225,7 @@ fn write_big_llama(dir: &Path) -> u64 {
         off += n;
     }
     let mut h = serde_json::to_vec(&Value::Object(header)).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     // 1 MiB of values in [-0.05, 0.05), repeated (a prime period so rows differ).

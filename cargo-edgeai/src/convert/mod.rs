@@ -397,7 +397,7 @@ fn inspect(dir: &Path, outtype: OutType) -> Result<Inspected> {
             }
             if let Transform::Permute(n) = m.transform {
                 let rows = t.shape[0] as usize;
-                if n == 0 || rows % (2 * n) != 0 {
+                if n == 0 || !rows.is_multiple_of(2 * n) {
                     return Err(Error::model(
                         path,
                         format!(

@@ -138,14 +138,14 @@ pub fn quantize_rows(
         return Err(QuantError::ImatrixRequired(ty));
     }
     let block = ty.block_size();
-    if n_per_row == 0 || (n_per_row as u64) % block != 0 {
+    if n_per_row == 0 || !(n_per_row as u64).is_multiple_of(block) {
         return Err(QuantError::RowLength {
             ty,
             n_per_row,
             block,
         });
     }
-    if src.len() % n_per_row != 0 {
+    if !src.len().is_multiple_of(n_per_row) {
         return Err(QuantError::SourceLength {
             len: src.len(),
             n_per_row,
@@ -245,7 +245,7 @@ pub fn dequantize_rows(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), 
     }
     let type_size = ty.type_size();
     let ts = type_size as usize;
-    if src.len() % ts != 0 {
+    if !src.len().is_multiple_of(ts) {
         return Err(QuantError::QuantizedLength {
             ty,
             len: src.len(),

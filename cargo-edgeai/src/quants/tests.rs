@@ -215,7 +215,7 @@ fn random_row(rng: &mut Rng, n: usize) -> Vec<f32> {
             match kind {
                 0 => g,
                 1 => {
-                    if rng.next_u64() % 37 == 0 {
+                    if rng.next_u64().is_multiple_of(37) {
                         g * 20.0
                     } else {
                         g
@@ -457,12 +457,12 @@ fn special_row(rng: &mut Rng, n: usize) -> Vec<f32> {
             let pick = rng.next_u64();
             *v = match kind {
                 0 => g * sigma,
-                1 if pick % 16 == 0 => SPECIALS[(pick >> 8) as usize % SPECIALS.len()],
+                1 if pick.is_multiple_of(16) => SPECIALS[(pick >> 8) as usize % SPECIALS.len()],
                 1 => g * sigma,
                 // ±m ties for the maximum magnitude, in random order
-                2 if pick % 4 == 0 => {
+                2 if pick.is_multiple_of(4) => {
                     let m = ((pick >> 8) % 8) as f32 * 0.25;
-                    if (pick >> 16) % 2 == 0 {
+                    if (pick >> 16).is_multiple_of(2) {
                         m
                     } else {
                         -m
@@ -473,7 +473,7 @@ fn special_row(rng: &mut Rng, n: usize) -> Vec<f32> {
                 4 if (j / 8) % 2 == 0 => 0.0,
                 4 => g * sigma,
                 5 => g * 1e-39,
-                6 if pick % 2 == 0 => -0.0,
+                6 if pick.is_multiple_of(2) => -0.0,
                 6 => 0.0,
                 7 => (g * 4.0).round() * 0.5 + 0.25,
                 8 => g * 1e35,
@@ -484,7 +484,7 @@ fn special_row(rng: &mut Rng, n: usize) -> Vec<f32> {
                 11 => g,
                 _ => {
                     let m = (pick % 16) as f32;
-                    if (pick >> 8) % 2 == 0 {
+                    if (pick >> 8).is_multiple_of(2) {
                         m
                     } else {
                         -m

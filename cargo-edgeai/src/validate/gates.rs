@@ -53,6 +53,24 @@ pub struct Gates {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_memory_mb: Option<f64>,
+    /// Lowest cosine similarity of the candidate's outputs to the reference's (ONNX Runtime
+    /// validation: the mean-pooled embedding's mean cosine for text encoders, else the lowest
+    /// per-output mean cosine).
+    #[serde(
+        default,
+        deserialize_with = "number",
+        alias = "min-cosine",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub min_cosine: Option<f64>,
+    /// Highest p95 latency of one inference of the candidate on the host (ms; ONNX Runtime).
+    #[serde(
+        default,
+        deserialize_with = "number",
+        alias = "max-latency-p95-ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_latency_p95_ms: Option<f64>,
 }
 
 /// A threshold written as an integer (`max_memory_mb = 2048`) or a float.
@@ -80,6 +98,8 @@ impl Gates {
                 .min_decode_tokens_per_s
                 .or(self.min_decode_tokens_per_s),
             max_memory_mb: over.max_memory_mb.or(self.max_memory_mb),
+            min_cosine: over.min_cosine.or(self.min_cosine),
+            max_latency_p95_ms: over.max_latency_p95_ms.or(self.max_latency_p95_ms),
         }
     }
 
@@ -92,6 +112,8 @@ impl Gates {
             ("min_top1", self.min_top1),
             ("min_decode_tokens_per_s", self.min_decode_tokens_per_s),
             ("max_memory_mb", self.max_memory_mb),
+            ("min_cosine", self.min_cosine),
+            ("max_latency_p95_ms", self.max_latency_p95_ms),
         ];
         for (name, value) in all {
             if let Some(v) = value {
@@ -113,6 +135,14 @@ impl Gates {
                 });
             }
         }
+        if let Some(t) = self.min_cosine {
+            if t > 1.0 {
+                return Err(Error::Usage {
+                    message: format!("{origin}: gate min_cosine = {t} is above 1"),
+                    help: "min_cosine is a cosine similarity, at most 1, e.g. 0.99".into(),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -123,7 +153,7 @@ impl Gates {
                 .try_into()
                 .map_err(|e: toml::de::Error| Error::Usage {
                     message: format!("{origin}: [gates]: {}", e.message()),
-                    help: "gates are max_kld, max_ppl_ratio, min_top1, min_decode_tokens_per_s and max_memory_mb, each a number".into(),
+                    help: "gates are max_kld, max_ppl_ratio, min_top1, min_decode_tokens_per_s, max_memory_mb, min_cosine and max_latency_p95_ms, each a number".into(),
                 })?;
         gates.check(origin)?;
         Ok(gates)

@@ -11,6 +11,8 @@
 pub mod cache;
 pub mod gates;
 pub mod llama;
+pub mod mlx;
+pub mod ort;
 pub mod report;
 pub mod sweep;
 
@@ -190,6 +192,9 @@ pub struct ValidationReport {
     pub passed: bool,
     pub tool: ToolInfo,
     pub reference_cache: CacheInfo,
+    /// MLX validations: the candidate's greedy decode next to the reference's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub greedy: Option<mlx::GreedyDecode>,
 }
 
 impl ValidationReport {
@@ -593,5 +598,6 @@ pub fn do_validate(target: &Target, opts: &ValidateOptions) -> Result<Validation
             logits: slot.logits.clone(),
             hit,
         },
+        greedy: None,
     })
 }

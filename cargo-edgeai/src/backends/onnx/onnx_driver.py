@@ -1,0 +1,528 @@
+"""cargo-edgeai ONNX driver: export (HF BERT without torch), check and quantize ONNX models with
+onnxruntime.quantization. Runs in the managed `onnxruntime` toolchain.
+
+Usage: python onnx_driver.py REQUEST.json
+Success: one JSON object on stdout, exit 0. A user error (bad input the user can fix): one JSON
+object {"error", "help", "path"} on stdout, exit 3. Anything else is a bug: traceback, exit 1.
+"""
+import json
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+class UserError(Exception):
+    def __init__(self, message, help, path=None):
+        super().__init__(message)
+        self.message, self.help, self.path = message, help, path
+
+
+ONNX_TO_NP = {
+    TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64,
+    TensorProto.INT64: np.int64, TensorProto.INT32: np.int32, TensorProto.INT8: np.int8,
+    TensorProto.UINT8: np.uint8, TensorProto.BOOL: np.bool_, TensorProto.INT16: np.int16,
+}
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+
+
+# ---------------------------------------------------------------- model inputs and checks
+
+def all_graphs(graph):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from all_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from all_graphs(g)
+
+
+def all_tensors(model):
+    for g in all_graphs(model.graph):
+        yield from g.initializer
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+                elif attr.type == onnx.AttributeProto.TENSORS:
+                    yield from attr.tensors
+
+
+def check_onnx_file(path):
+    """Header-only load; every external-data file must exist and be large enough."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf decode errors have no common base class
+        raise UserError(f"not a readable ONNX model: {e}",
+                        "re-export the model or re-download it; the file may be truncated", path)
+    external = {}
+    for t in all_tensors(model):
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        external[loc] = max(external.get(loc, 0), end)
+    for loc, end in sorted(external.items()):
+        data = path.parent / loc
+        if not data.is_file():
+            raise UserError(
+                f"external data file `{loc}` is missing (expected at {data})",
+                f"copy `{loc}` next to the model (ONNX external data is resolved relative to the .onnx file)",
+                path)
+        if data.stat().st_size < end:
+            raise UserError(
+                f"external data file `{loc}` is truncated: {data.stat().st_size} bytes, the model reads up to byte {end}",
+                f"re-download or re-export `{loc}`", path)
+    return model, sorted(external)
+
+
+def model_inputs(model):
+    inits = {i.name for i in model.graph.initializer}
+    out = []
+    for i in model.graph.input:
+        if i.name in inits:
+            continue
+        tt = i.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+        out.append({"name": i.name, "elem_type": tt.elem_type, "dims": dims})
+    return out
+
+
+def dtype_name(elem_type):
+    return TensorProto.DataType.Name(elem_type).lower()
+
+
+def describe_shape(dims):
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+# ---------------------------------------------------------------- HF BERT export (no torch)
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        base = 8 + n
+        buf = f.read()
+    types = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "BF16": None}
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = meta["data_offsets"]
+        raw = buf[a:b]
+        if meta["dtype"] == "BF16":
+            arr = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+        elif meta["dtype"] in types:
+            arr = np.frombuffer(raw, types[meta["dtype"]])
+        else:
+            raise UserError(f"tensor {name} has unsupported dtype {meta['dtype']}",
+                            "export the model with F32, F16 or BF16 weights", path)
+        out[name] = arr.reshape(meta["shape"])
+    return out
+
+
+def export_bert(model_dir, out_path):
+    cfg_path = model_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    mtype = cfg.get("model_type")
+    if mtype != "bert":
+        raise UserError(f"model_type `{mtype}` cannot be exported to ONNX here (BERT encoders only)",
+                        "export it with optimum (`optimum-cli export onnx`) and pass the .onnx file", cfg_path)
+    if cfg.get("position_embedding_type", "absolute") != "absolute" or cfg.get("hidden_act", "gelu") != "gelu":
+        raise UserError("only absolute position embeddings and gelu are supported by the built-in BERT export",
+                        "export it with optimum and pass the .onnx file", cfg_path)
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise UserError("no *.safetensors weights in the model directory",
+                        "download the safetensors weights (pytorch_model.bin is not read)", model_dir)
+    w = {}
+    for f in files:
+        w.update(read_safetensors(f))
+    # Checkpoints saved from BertForX carry a `bert.` prefix.
+    if "bert.embeddings.word_embeddings.weight" in w:
+        w = {k[5:]: v for k, v in w.items() if k.startswith("bert.")}
+
+    def W(name):
+        if name not in w:
+            raise UserError(f"tensor `{name}` is missing from the safetensors weights",
+                            "check that the directory holds a complete BertModel checkpoint", model_dir)
+        return w[name].astype(np.float32)
+
+    H, nh, L = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_hidden_layers"]
+    dh, eps = H // nh, float(cfg.get("layer_norm_eps", 1e-12))
+    nodes, inits = [], []
+
+    def init(name, arr):
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def node(op, ins, out, **kw):
+        nodes.append(helper.make_node(op, ins, [out], name=out + "_node", **kw))
+        return out
+
+    def linear(x, prefix, out):
+        wt = init(prefix + ".weight", W(prefix + ".weight").T)
+        b = init(prefix + ".bias", W(prefix + ".bias"))
+        return node("Add", [node("MatMul", [x, wt], out + "_mm"), b], out)
+
+    def layernorm(x, prefix, out):
+        g = init(prefix + ".weight", W(prefix + ".weight"))
+        b = init(prefix + ".bias", W(prefix + ".bias"))
+        return node("LayerNormalization", [x, g, b], out, axis=-1, epsilon=eps)
+
+    init("c_zero", np.array(0, np.int64)); init("c_one", np.array(1, np.int64))
+    init("c_axis0", np.array([0], np.int64)); init("c_axes12", np.array([1, 2], np.int64))
+    init("c_onef", np.array(1.0, np.float32)); init("c_neg", np.array(-1e4, np.float32))
+    init("c_scale", np.array(1.0 / np.sqrt(dh), np.float32))
+    init("c_split_heads", np.array([0, 0, nh, dh], np.int64)); init("c_merge", np.array([0, 0, H], np.int64))
+    init("c_sqrt2", np.array(np.sqrt(2.0), np.float32)); init("c_half", np.array(0.5, np.float32))
+    init("c_eps", np.array(1e-9, np.float32)); init("c_axis1", np.array([1], np.int64))
+
+    # Embeddings: word + position (0..S-1) + token type, then LayerNorm.
+    word = node("Gather", [init("embeddings.word_embeddings.weight", W("embeddings.word_embeddings.weight")), "input_ids"], "emb_word")
+    shape = node("Shape", ["input_ids"], "ids_shape")
+    seq = node("Gather", [shape, "c_one"], "seq_len")
+    pos = node("Range", ["c_zero", seq, "c_one"], "pos_range")
+    pos = node("Unsqueeze", [pos, "c_axis0"], "pos_ids")
+    pos = node("Gather", [init("embeddings.position_embeddings.weight", W("embeddings.position_embeddings.weight")), pos], "emb_pos")
+    typ = node("Gather", [init("embeddings.token_type_embeddings.weight", W("embeddings.token_type_embeddings.weight")), "token_type_ids"], "emb_type")
+    x = node("Add", [node("Add", [word, pos], "emb_wp"), typ], "emb_sum")
+    x = layernorm(x, "embeddings.LayerNorm", "emb_ln")
+
+    # Additive attention mask [B,1,1,S]: 0 where attended, -1e4 where padded (as HF BERT).
+    maskf = node("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT)
+    inv = node("Sub", ["c_onef", maskf], "mask_inv")
+    add_mask = node("Unsqueeze", [node("Mul", [inv, "c_neg"], "mask_neg"), "c_axes12"], "mask_add")
+
+    for i in range(L):
+        p = f"encoder.layer.{i}"
+        t = f"l{i}"
+
+        def heads(y, name, perm):
+            return node("Transpose", [node("Reshape", [y, "c_split_heads"], name + "_r")], name, perm=perm)
+        q = heads(linear(x, p + ".attention.self.query", t + "_q"), t + "_qh", [0, 2, 1, 3])
+        k = heads(linear(x, p + ".attention.self.key", t + "_k"), t + "_kh", [0, 2, 3, 1])
+        v = heads(linear(x, p + ".attention.self.value", t + "_v"), t + "_vh", [0, 2, 1, 3])
+        s = node("Mul", [node("MatMul", [q, k], t + "_qk"), "c_scale"], t + "_scaled")
+        s = node("Add", [s, add_mask], t + "_masked")
+        pr = node("Softmax", [s], t + "_probs", axis=-1)
+        c = node("MatMul", [pr, v], t + "_ctx")
+        c = node("Reshape", [node("Transpose", [c], t + "_ctx_t", perm=[0, 2, 1, 3]), "c_merge"], t + "_ctx_m")
+        a = linear(c, p + ".attention.output.dense", t + "_attn_out")
+        x = layernorm(node("Add", [a, x], t + "_res1"), p + ".attention.output.LayerNorm", t + "_ln1")
+        f = linear(x, p + ".intermediate.dense", t + "_ff1")
+        # Exact (erf) GELU, as BERT's "gelu".
+        g = node("Add", [node("Erf", [node("Div", [f, "c_sqrt2"], t + "_g_div")], t + "_g_erf"), "c_onef"], t + "_g_add")
+        f = node("Mul", [node("Mul", [f, g], t + "_g_mul"), "c_half"], t + "_gelu")
+        f = linear(f, p + ".output.dense", t + "_ff2")
+        x = layernorm(node("Add", [f, x], t + "_res2"), p + ".output.LayerNorm", t + "_ln2")
+    nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="last_hidden_state_node"))
+
+    # Mean pooling over attended tokens (sentence-transformers Pooling), L2-normalised when the
+    # directory's modules.json has a Normalize module.
+    init("c_axism1", np.array([-1], np.int64))
+    m3 = node("Unsqueeze", [maskf, "c_axism1"], "pool_mask")
+    summed = node("ReduceSum", [node("Mul", ["last_hidden_state", m3], "pool_mul"), "c_axis1"], "pool_sum", keepdims=0)
+    count = node("Max", [node("ReduceSum", [m3, "c_axis1"], "pool_cnt", keepdims=0), "c_eps"], "pool_cnt_c")
+    pooled = node("Div", [summed, count], "pool_mean")
+    normalize = False
+    modules = model_dir / "modules.json"
+    if modules.is_file():
+        normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
+    if normalize:
+        # Sqrt(ReduceSum(x*x)) rather than ReduceL2: onnxruntime's symbolic shape inference
+        # (quant_pre_process) does not know opset-18 ReduceL2 with an `axes` input.
+        sq = node("ReduceSum", [node("Mul", [pooled, pooled], "pool_sq"), "c_axism1"], "pool_sqsum", keepdims=1)
+        n2 = node("Sqrt", [sq], "pool_l2")
+        pooled = node("Div", [pooled, node("Max", [n2, "c_eps"], "pool_l2_c")], "pool_norm")
+    nodes.append(helper.make_node("Identity", [pooled], ["sentence_embedding"], name="sentence_embedding_node"))
+
+    dyn = ["batch", "sequence"]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, dyn)
+              for n in ("input_ids", "attention_mask", "token_type_ids")]
+    outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", H]),
+               helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", H])]
+    graph = helper.make_graph(nodes, "bert", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
+                              producer_name="cargo-edgeai", producer_version="bert-export")
+    model.ir_version = 8
+    helper.set_model_props(model, {"edgeai.source": "hf-bert", "edgeai.normalized": str(normalize).lower()})
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(out_path))
+    return {"layers": L, "hidden_size": H, "heads": nh, "normalized": normalize}
+
+
+# ---------------------------------------------------------------- calibration data
+
+def find_tokenizer(req, model_path):
+    for d in ([Path(req["model"])] if Path(req["model"]).is_dir() else []) + [model_path.parent, Path(req["model"]).parent]:
+        if (d / "tokenizer.json").is_file():
+            return d / "tokenizer.json"
+    return None
+
+
+def load_calibration(req, inputs, model_path):
+    cal = Path(req["calibration"])
+    by_name = {i["name"]: i for i in inputs}
+    samples = []  # (source, {name: array})
+    if cal.is_file() and cal.suffix == ".npz":
+        samples.append((cal, dict(np.load(cal))))
+    elif cal.is_file():
+        tok_path = find_tokenizer(req, model_path)
+        if tok_path is None:
+            raise UserError("a text calibration file needs the model's tokenizer.json, found none",
+                            "pass the HF model directory as MODEL, or put tokenizer.json next to the .onnx file", cal)
+        if "input_ids" not in by_name:
+            raise UserError(f"a text calibration file needs a model input `input_ids`; the model's inputs are {sorted(by_name)}",
+                            "pass a folder of .npz/.npy files keyed by the model's input names", cal)
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(tok_path))
+        tok.no_padding()
+        tok.enable_truncation(int(req.get("max_length", 128)))
+        try:
+            lines = [l.strip() for l in cal.read_text(encoding="utf-8").splitlines() if l.strip()]
+        except UnicodeDecodeError:
+            raise UserError("calibration text is not UTF-8", "pass a UTF-8 text file, one sample per line, or a folder of .npz files", cal)
+        for n, line in enumerate(lines, 1):
+            enc = tok.encode(line)
+            feed = {"input_ids": np.array([enc.ids], np.int64),
+                    "attention_mask": np.array([enc.attention_mask], np.int64),
+                    "token_type_ids": np.array([enc.type_ids], np.int64)}
+            samples.append((f"{cal}:{n}", {k: v for k, v in feed.items() if k in by_name}))
+    elif cal.is_dir():
+        for f in sorted(cal.iterdir()):
+            if f.suffix == ".npz":
+                samples.append((f, dict(np.load(f))))
+        # `<input>.npy` files directly in the folder are one sample; sub-folders of them more.
+        for d in [cal] + sorted(p for p in cal.iterdir() if p.is_dir()):
+            npys = sorted(d.glob("*.npy"))
+            if npys:
+                samples.append((d, {p.stem: np.load(p) for p in npys}))
+    else:
+        raise UserError("calibration path does not exist", "pass a folder of .npz/.npy samples or a text file", cal)
+    if not samples:
+        raise UserError("no calibration samples found (no .npz, no .npy, no non-empty text line)",
+                        "add samples: one .npz per sample keyed by input name, or <input>.npy files", cal)
+    for src, feed in samples:
+        for name, arr in feed.items():
+            if name not in by_name:
+                raise UserError(f"calibration input `{name}` in {src} is not an input of the model; expected one of {sorted(by_name)}",
+                                "name the arrays after the model's inputs", cal)
+            spec = by_name[name]
+            want = ONNX_TO_NP.get(spec["elem_type"])
+            if want is None or arr.dtype != np.dtype(want):
+                raise UserError(f"calibration input `{name}` in {src}: expected dtype {dtype_name(spec['elem_type'])}, found {arr.dtype}",
+                                f"save `{name}` as {np.dtype(want).name if want else dtype_name(spec['elem_type'])}", cal)
+            dims = spec["dims"]
+            ok = arr.ndim == len(dims) and all(d is None or not isinstance(d, int) or d == s for d, s in zip(dims, arr.shape))
+            if not ok:
+                raise UserError(f"calibration input `{name}` in {src}: expected shape {describe_shape(dims)}, found {list(arr.shape)}",
+                                f"give `{name}` the model's shape ({describe_shape(dims)}; ? = any size)", cal)
+        missing = sorted(set(by_name) - set(feed))
+        if missing:
+            raise UserError(f"calibration sample {src} lacks model input(s) {missing}",
+                            "every sample must hold one array per model input", cal)
+    return samples
+
+
+# ---------------------------------------------------------------- quantization
+
+def op_counts(model):
+    return Counter(n.op_type for g in all_graphs(model.graph) for n in g.node)
+
+
+QUANT_MARKERS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QuantizeLinear", "DequantizeLinear",
+                 "MatMulNBits", "GatherBlockQuantized", "QLinearMatMul", "QLinearConv", "DynamicQuantizeLSTM",
+                 "QAttention", "QEmbedLayerNormalization"}
+
+
+def unquantized_weight_ops(model):
+    """Nodes that still read a float weight (an initializer with >= 2 dims) directly."""
+    out = {}
+    for g in all_graphs(model.graph):
+        floats = {t.name for t in g.initializer if t.data_type in FLOAT_TYPES and len(t.dims) >= 2}
+        for n in g.node:
+            if n.op_type in QUANT_MARKERS:
+                continue
+            if any(i in floats for i in n.input):
+                out.setdefault(n.op_type, []).append(n.name or "(unnamed)")
+    return out
+
+
+def scheme_ops(scheme):
+    from onnxruntime.quantization import registry
+    if scheme == "int8-dynamic":
+        return sorted(set(registry.IntegerOpsRegistry) | set(registry.CommonOpsRegistry))
+    if scheme == "int8-static":
+        return sorted(set(registry.QDQRegistry) | set(registry.CommonOpsRegistry))
+    return ["MatMul"]
+
+
+class Reader:
+    def __init__(self, samples):
+        self.it = iter([feed for _, feed in samples])
+
+    def get_next(self):
+        return next(self.it, None)
+
+
+def quantize(req, src_path, work):
+    import onnxruntime
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    scheme = req["quant"]
+    src = onnx.load(str(src_path))
+    external = any(t.data_location == TensorProto.EXTERNAL for t in all_tensors(onnx.load(str(src_path), load_external_data=False)))
+    inputs = model_inputs(src)
+    samples = load_calibration(req, inputs, src_path) if scheme == "int8-static" else None
+
+    # onnxruntime's recommended preprocessing: symbolic shape inference + graph optimisation.
+    pre = work / "pre.onnx"
+    pre_note = None
+    try:
+        quant_pre_process(str(src_path), str(pre), skip_optimization=False,
+                          save_as_external_data=external, all_tensors_to_one_file=True)
+    except Exception as e:  # noqa: BLE001 - fall back to ONNX shape inference only
+        pre_note = f"quant_pre_process failed ({type(e).__name__}: {e}); used the model as is"
+        shutil.copy(src_path, pre)
+        if external:
+            pre = src_path
+    out = work / "quant.onnx"
+    t0 = time.time()
+    if scheme == "int8-dynamic":
+        quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=False,
+                         use_external_data_format=external)
+    elif scheme == "int8-static":
+        quantize_static(str(pre), str(out), Reader(samples), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=bool(req.get("per_channel", False)),
+                        use_external_data_format=external,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    else:
+        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+        block, sym = int(req["block"]), bool(req["symmetric"])
+        cfg = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=sym, accuracy_level=None,
+                                           quant_format=QuantFormat.QOperator, op_types_to_quantize=("MatMul",))
+        q = MatMulNBitsQuantizer(onnx.load(str(pre)), block_size=block, is_symmetric=sym,
+                                 op_types_to_quantize=("MatMul",), algo_config=cfg)
+        q.process()
+        q.model.save_model_to_file(str(out), use_external_data_format=external)
+    seconds = time.time() - t0
+
+    qm = onnx.load(str(out))
+    before, after = op_counts(src), op_counts(qm)
+    quantized = {k: v for k, v in after.items() if k in QUANT_MARKERS and v > before.get(k, 0)}
+    unq = unquantized_weight_ops(qm)
+    supported = scheme_ops(scheme)
+    quant_nodes = sum(quantized.values())
+    if quant_nodes == 0:
+        present = sorted(before)
+        raise UserError(
+            f"{scheme} can quantize nothing in this model: it quantizes {', '.join(supported)}; the model has {', '.join(present)}",
+            "pick another scheme (int8-dynamic/int8-static for Conv/Gemm/MatMul, int4 only for MatMul with constant weights)",
+            Path(req["model"]))
+    return out, {
+        "quantized_op_counts": dict(sorted(quantized.items())),
+        "unquantized_weight_ops": {k: {"count": len(v), "nodes": v[:8]} for k, v in sorted(unq.items())},
+        "scheme_op_types": supported,
+        "calibration_samples": len(samples) if samples else 0,
+        "preprocess": pre_note or "quant_pre_process (symbolic shape inference + optimisation)",
+        "quantize_seconds": round(seconds, 3),
+        "onnxruntime": onnxruntime.__version__,
+        "external_data": external,
+    }
+
+
+def file_bytes(path):
+    m = onnx.load(str(path), load_external_data=False)
+    locs = {dict((e.key, e.value) for e in t.external_data).get("location") for t in all_tensors(m)
+            if t.data_location == TensorProto.EXTERNAL}
+    return path.stat().st_size + sum((path.parent / l).stat().st_size for l in locs if l)
+
+
+def publish(model_path, final):
+    """Write `model_path` (and its external data) to `final` atomically: saved into a temp dir
+    beside `final`, checked by loading it in onnxruntime, then renamed into place."""
+    import onnxruntime as ort
+    final = final.resolve()
+    m = onnx.load(str(model_path))
+    big = m.ByteSize() > 1_800_000_000 if hasattr(m, "ByteSize") else False
+    tmp = Path(tempfile.mkdtemp(prefix=".edgeai-onnx-", dir=final.parent))
+    try:
+        staged = tmp / final.name
+        data_name = final.name + ".data"
+        if big:
+            onnx.save(m, str(staged), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
+        else:
+            onnx.save(m, str(staged))
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        ort.InferenceSession(str(staged), so, providers=["CPUExecutionProvider"])
+        if big:
+            os.replace(tmp / data_name, final.parent / data_name)
+        os.replace(staged, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return file_bytes(final)
+
+
+def convert(req):
+    model = Path(req["model"])
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="edgeai-onnx-") as work:
+        work = Path(work)
+        summary = {"model": str(model), "output": req["output"], "quant": req.get("quant")}
+        if model.is_dir():
+            src = work / "export.onnx"
+            summary["export"] = export_bert(model, src)
+            summary["source"] = "hf-export"
+            summary["input_bytes"] = sum(f.stat().st_size for f in model.glob("*.safetensors"))
+        else:
+            _, ext = check_onnx_file(model)
+            src = model
+            summary["source"] = "onnx"
+            summary["external_data_files"] = ext
+            summary["input_bytes"] = file_bytes(model)
+        m = onnx.load(str(src), load_external_data=False)
+        summary["inputs"] = [{"name": i["name"], "dtype": dtype_name(i["elem_type"]), "shape": describe_shape(i["dims"])}
+                             for i in model_inputs(m)]
+        summary["outputs"] = [o.name for o in m.graph.output]
+        summary["fp32_bytes"] = file_bytes(src)
+        if req.get("quant"):
+            out, qsum = quantize(req, src, work)
+            summary.update(qsum)
+        else:
+            out = src
+        summary["output_bytes"] = publish(out, Path(req["output"]))
+        summary["seconds"] = round(time.time() - t0, 3)
+    return summary
+
+
+def main():
+    req = json.loads(Path(sys.argv[1]).read_text())
+    try:
+        if req["command"] == "convert":
+            result = convert(req)
+        else:
+            raise SystemExit(f"unknown command {req['command']}")
+    except UserError as e:
+        print(json.dumps({"error": e.message, "help": e.help, "path": str(e.path) if e.path else None}))
+        sys.exit(3)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
