@@ -255,6 +255,11 @@ pub fn convert_to_mlx(
             "pass a Hugging Face model directory (config.json, *.safetensors, tokenizer.json)",
         )
     })?;
+    // An architecture mlx-lm cannot load would give a model nobody can run: refuse it before
+    // converting anything (a GGUF input already went through `export`, which is llama-only).
+    if let (Some(map), None) = (config.as_object(), &exported) {
+        crate::validate::mlx::check_loadable(&hf_dir, map)?;
+    }
     let generation = read_json(&hf_dir.join("generation_config.json")).unwrap_or(None);
 
     // mlx-lm loads `model*.safetensors`.

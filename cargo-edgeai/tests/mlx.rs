@@ -379,8 +379,22 @@ fn bad_input_exits_1_naming_the_problem() {
         ],
         &["model.layers.0.mlp.down_proj.weight", "I32"],
     );
+    // An architecture mlx-lm cannot load (BERT) is refused before any tensor is converted.
+    let bert = fixture("tiny-bert");
+    fails_with(
+        &ctx,
+        &[
+            "convert",
+            bert.to_str().expect("utf-8 path"),
+            "--format",
+            "mlx",
+            "-o",
+            "o9",
+        ],
+        &["cannot load model_type `bert`", "llama"],
+    );
     assert!(
-        !ctx.path("o7").exists() && !ctx.path("o8").exists(),
+        !ctx.path("o7").exists() && !ctx.path("o8").exists() && !ctx.path("o9").exists(),
         "no partial output"
     );
 }
