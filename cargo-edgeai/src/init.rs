@@ -40,6 +40,13 @@ max_ppl_ratio = 1.1
 min_top1 = 0.85
 # min_decode_tokens_per_s = 10.0
 # max_memory_mb = 4096
+
+# Per-target overrides, for targets whose framework differs (a GGUF type means nothing to MLX):
+# `quantization` replaces the one above, each gate replaces the same gate above.
+# [package.metadata.edgeai.target.apple-m2-16gb]
+# quantization = "affine-8bit-g64"
+# [package.metadata.edgeai.target.apple-m2-16gb.gates]
+# max_kld = 0.0001
 "#
     )
 }

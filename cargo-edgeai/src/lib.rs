@@ -3,6 +3,7 @@
 //! The `cargo-edgeai` binary is a thin layer over this library: each command parses its
 //! arguments and calls one `do_*` function here. See ARCHITECTURE.md for the map of modules.
 
+pub mod backends;
 pub mod cache;
 pub mod convert;
 pub mod crossbuild;

@@ -338,6 +338,19 @@ struct ConvertArgs {
     /// MLX: mlx-lm mixed recipe (mixed_2_6, mixed_3_4, mixed_3_6, mixed_4_6).
     #[arg(long, value_name = "RECIPE")]
     recipe: Option<String>,
+    /// ONNX: quantization scheme (int8-dynamic, int8-static, int4). Without it: FP32 export.
+    #[arg(long = "quant", value_name = "SCHEME")]
+    onnx_quant: Option<String>,
+    /// ONNX int4: block size (32, 64, 128). Default 32.
+    #[arg(long = "block", value_name = "N")]
+    onnx_block: Option<usize>,
+    /// ONNX int4: symmetric blocks (no zero points).
+    #[arg(long = "symmetric")]
+    onnx_symmetric: bool,
+    /// ONNX int8-static: calibration data (folder of .npz/.npy samples keyed by input name,
+    /// or a text file, one sample per line, tokenized with the model's tokenizer.json).
+    #[arg(long = "calibration", value_name = "PATH")]
+    onnx_calibration: Option<PathBuf>,
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -798,6 +811,28 @@ fn run(cli: &Cli) -> Result<()> {
                 Format::Human => print(&report.render_human()),
             }
         }
+        Command::Convert(args) if args.out_format.eq_ignore_ascii_case("onnx") => {
+            let quant = args
+                .onnx_quant
+                .as_deref()
+                .map(str::parse::<edgeai::backends::onnx::OnnxQuant>)
+                .transpose()?;
+            let summary = edgeai::backends::onnx::convert_to_onnx(
+                &args.input,
+                &args.output,
+                &edgeai::backends::onnx::OnnxConvertOptions {
+                    quant,
+                    block: args.onnx_block,
+                    symmetric: args.onnx_symmetric,
+                    calibration: args.onnx_calibration.clone(),
+                },
+            )?;
+            match args.report {
+                Format::Json => print(&report::to_json(&summary)),
+                Format::Human if cli.global.quiet => Ok(()),
+                Format::Human => print(&summary.render_human()),
+            }
+        }
         Command::Convert(args) if args.out_format.eq_ignore_ascii_case("mlx") => {
             let mode = args.mode.clone().unwrap_or_else(|| "affine".into());
             let default_group = if mode == "mxfp4" { 32 } else { 64 };
@@ -820,6 +855,19 @@ fn run(cli: &Cli) -> Result<()> {
             }
         }
         Command::Convert(args) => {
+            if args.onnx_quant.is_some()
+                || args.onnx_block.is_some()
+                || args.onnx_symmetric
+                || args.onnx_calibration.is_some()
+            {
+                return Err(Error::Usage {
+                    message:
+                        "--quant, --block, --symmetric and --calibration apply to --format onnx"
+                            .into(),
+                    help: "add --format onnx, or for GGUF pick the quantization with --outtype"
+                        .into(),
+                });
+            }
             if args.bits.is_some()
                 || args.group_size.is_some()
                 || args.mode.is_some()

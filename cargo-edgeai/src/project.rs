@@ -31,6 +31,22 @@ pub struct EdgeaiMetadata {
     /// (overridden by `--key` and `EDGEAI_SIGNING_KEY`).
     #[serde(default)]
     pub signing_key: Option<PathBuf>,
+    /// Per-target overrides: `[package.metadata.edgeai.target.<target-name>]`, for projects whose
+    /// targets use different frameworks (a GGUF type and its gates mean nothing to MLX).
+    #[serde(default)]
+    pub target: std::collections::BTreeMap<String, TargetOverride>,
+}
+
+/// `[package.metadata.edgeai.target.<target-name>]`: what differs for one target.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TargetOverride {
+    /// Replaces the global `quantization` for this target.
+    #[serde(default)]
+    pub quantization: Option<String>,
+    /// Gates for this target: each key replaces the same key of the global `[gates]`.
+    #[serde(default)]
+    pub gates: Option<toml::Table>,
 }
 
 /// The package the command runs for.
@@ -57,6 +73,25 @@ impl Project {
         } else {
             Some(self.dir().join(model).display().to_string())
         }
+    }
+
+    /// The project as target `name` sees it: the global `quantization` and `[gates]` with that
+    /// target's `[package.metadata.edgeai.target.<name>]` applied (gates merge key by key).
+    /// Everything downstream reads `metadata.quantization`/`metadata.gates`, so applying the
+    /// override here once keeps the per-target rule in one place.
+    pub fn for_target(&self, name: &str) -> Project {
+        let mut p = self.clone();
+        if let Some(o) = self.metadata.target.get(name) {
+            if o.quantization.is_some() {
+                p.metadata.quantization = o.quantization.clone();
+            }
+            if let Some(g) = &o.gates {
+                let mut merged = self.metadata.gates.clone().unwrap_or_default();
+                merged.extend(g.iter().map(|(k, v)| (k.clone(), v.clone())));
+                p.metadata.gates = Some(merged);
+            }
+        }
+        p
     }
 
     /// The targets directory, resolved against the package directory.
@@ -182,7 +217,7 @@ pub fn parse_edgeai_table(path: &Path, text: &str) -> Result<EdgeaiMetadata> {
     let shape: ManifestShape = toml::from_str(text).map_err(|e| {
         let mut err = toml_error(path, text, &e);
         if let Error::Toml { help, .. } = &mut err {
-            *help = "[package.metadata.edgeai] takes model, targets, targets-dir, quantization, signing-key and [gates]; run `cargo edgeai init` in a fresh project to see a commented example".into();
+            *help = "[package.metadata.edgeai] takes model, targets, targets-dir, quantization, signing-key, [gates] and [target.<name>] (quantization, [gates]); run `cargo edgeai init` in a fresh project to see a commented example".into();
         }
         err
     })?;
@@ -204,6 +239,31 @@ mod tests {
         assert_eq!(meta.model.as_deref(), Some("m.gguf"));
         assert_eq!(meta.targets_dir.as_deref(), Some(Path::new("t")));
         let bad = "[package]\nname = \"a\"\n[package.metadata.edgeai]\nmodle = \"m.gguf\"\n";
+        let err = parse_edgeai_table(Path::new("Cargo.toml"), bad).unwrap_err();
+        assert!(err.to_string().starts_with("Cargo.toml:4:1:"), "{err}");
+    }
+
+    #[test]
+    fn per_target_overrides_apply_and_unknown_keys_are_located() {
+        let text = "[package]\nname = \"a\"\n[package.metadata.edgeai]\nquantization = \"Q8_0\"\n[package.metadata.edgeai.gates]\nmax_kld = 0.0001\nmin_top1 = 0.99\n[package.metadata.edgeai.target.apple-m2-16gb]\nquantization = \"affine-8bit-g64\"\n[package.metadata.edgeai.target.apple-m2-16gb.gates]\nmax_kld = 0.01\n";
+        let meta = parse_edgeai_table(Path::new("Cargo.toml"), text).unwrap();
+        let p = Project {
+            name: "a".into(),
+            version: "0.1.0".into(),
+            manifest_path: PathBuf::from("Cargo.toml"),
+            metadata: meta,
+        };
+        let mac = p.for_target("apple-m2-16gb");
+        assert_eq!(
+            mac.metadata.quantization.as_deref(),
+            Some("affine-8bit-g64")
+        );
+        let g = mac.metadata.gates.unwrap();
+        assert_eq!(g["max_kld"].as_float(), Some(0.01));
+        assert_eq!(g["min_top1"].as_float(), Some(0.99));
+        let host = p.for_target("host-x86_64");
+        assert_eq!(host.metadata, p.metadata);
+        let bad = "[package]\nname = \"a\"\n[package.metadata.edgeai.target.x]\nquantisation = \"Q8_0\"\n";
         let err = parse_edgeai_table(Path::new("Cargo.toml"), bad).unwrap_err();
         assert!(err.to_string().starts_with("Cargo.toml:4:1:"), "{err}");
     }

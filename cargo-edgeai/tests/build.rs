@@ -366,6 +366,10 @@ fn raspberry_pi_bundle_runs_under_qemu() {
     ok(&o, "qemu-aarch64 bin/hello-edge");
     let out = stdout(&o);
     assert!(out.contains("model/model-q8_0.gguf"), "{out}");
+    assert!(
+        out.contains("bundle: hello-edge 0.1.0 for raspberry-pi-5-8gb"),
+        "{out}"
+    );
     assert!(out.contains("llama"), "{out}");
     eprintln!(
         "FIGURES raspberry-pi-5-8gb: bundle {} bytes; app output:\n{out}",

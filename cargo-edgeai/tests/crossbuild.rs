@@ -499,7 +499,10 @@ fn hello_edge_metadata_names_the_fixture_model_and_known_targets() {
             .is_file(),
         "{model}"
     );
-    assert_eq!(meta.targets, ["host-x86_64", "raspberry-pi-5-8gb"]);
+    assert_eq!(
+        meta.targets,
+        ["host-x86_64", "raspberry-pi-5-8gb", "apple-m2-16gb"]
+    );
     for t in &meta.targets {
         assert!(
             repo_root()

@@ -125,7 +125,10 @@ fn mlp_int8_against_fp32_reports_agreement_latency_memory() {
     let top1 = out["top1_agreement"].as_f64().unwrap();
     assert!(cos > 0.99 && cos <= 1.0 + 1e-9, "cosine {cos}");
     assert!(out["cosine_min"].as_f64().unwrap() <= cos);
-    assert!(out["max_abs_error"].as_f64().unwrap() > 0.0, "INT8 is not bit-exact");
+    assert!(
+        out["max_abs_error"].as_f64().unwrap() > 0.0,
+        "INT8 is not bit-exact"
+    );
     assert!(top1 >= 0.9, "top-1 {top1}");
     assert_eq!(out["rows"], 32);
     for (i, label) in ["mlp-int8", "mlp-fp32"].iter().enumerate() {
@@ -163,7 +166,10 @@ fn mlp_int8_against_fp32_reports_agreement_latency_memory() {
     ]);
     assert_exit(&o, 0);
     let s = stdout(&o);
-    assert!(s.contains("p50 ms") && s.contains("mlp-fp32") && s.contains("top-1 %"), "{s}");
+    assert!(
+        s.contains("p50 ms") && s.contains("mlp-fp32") && s.contains("top-1 %"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -194,8 +200,14 @@ fn bad_inputs_name_the_input_expected_and_found() {
     let ctx = TestContext::new();
     make_mlp(&ctx);
     let cases = [
-        ("bad_dtype", "input `x`: expected float32 [-1, 16], found int64 [4, 16]"),
-        ("bad_shape", "input `x`: expected float32 [-1, 16], found float32 [4, 8]"),
+        (
+            "bad_dtype",
+            "input `x`: expected float32 [-1, 16], found int64 [4, 16]",
+        ),
+        (
+            "bad_shape",
+            "input `x`: expected float32 [-1, 16], found float32 [4, 8]",
+        ),
         ("bad_name", "input `input` is not an input of mlp-int8.onnx"),
     ];
     for (dir, want) in cases {
@@ -211,7 +223,10 @@ fn bad_inputs_name_the_input_expected_and_found() {
         assert_exit(&o, 1);
         let e = stderr(&o);
         assert!(e.contains(want), "{dir}: {e}");
-        assert!(e.contains("x float32 [-1, 16]"), "help lists the inputs: {e}");
+        assert!(
+            e.contains("x float32 [-1, 16]"),
+            "help lists the inputs: {e}"
+        );
     }
     // No inputs at all.
     let o = ctx.run(&[
@@ -244,12 +259,21 @@ fn failed_gate_exits_1_naming_it() {
     ]);
     assert_exit(&o, 1);
     let e = stderr(&o);
-    assert!(e.contains("1 gate(s) failed") && e.contains("min_cosine: measured 0.99"), "{e}");
+    assert!(
+        e.contains("1 gate(s) failed") && e.contains("min_cosine: measured 0.99"),
+        "{e}"
+    );
     assert!(e.contains("< threshold 0.999999"), "{e}");
     let s = stdout(&o);
-    assert!(s.contains("pass min_top1") && s.contains("pass max_latency_p95_ms"), "{s}");
+    assert!(
+        s.contains("pass min_top1") && s.contains("pass max_latency_p95_ms"),
+        "{s}"
+    );
     let junit = std::fs::read_to_string(ctx.path("junit.xml")).unwrap();
-    assert!(junit.contains("<failure message=\"min_cosine: measured"), "{junit}");
+    assert!(
+        junit.contains("<failure message=\"min_cosine: measured"),
+        "{junit}"
+    );
 }
 
 #[test]
@@ -336,25 +360,38 @@ fn convert(ctx: &TestContext, model: &Path, out: &str, quant: &[&str]) {
 /// 20 sentences and a latency table, through `ort` from Rust (issue 8 acceptance); a
 /// `min_cosine` gate the INT4 model misses fails with exit 1 naming it.
 #[test]
-#[ignore = "needs `cargo edgeai convert --format onnx` (issue 8 step 2, another helper's; remove when it lands)"]
 fn minilm_quantizations_against_fp32() {
     let ctx = TestContext::new();
     let model = minilm_dir();
     let tokenizer = model.join("tokenizer.json");
     ctx.write("sentences.txt", SENTENCES);
     convert(&ctx, &model, "fp32.onnx", &[]);
-    convert(&ctx, &model, "int8-dynamic.onnx", &["--quant", "int8-dynamic"]);
+    convert(
+        &ctx,
+        &model,
+        "int8-dynamic.onnx",
+        &["--quant", "int8-dynamic"],
+    );
     convert(
         &ctx,
         &model,
         "int8-static.onnx",
         &["--quant", "int8-static", "--calibration", "sentences.txt"],
     );
-    convert(&ctx, &model, "int4.onnx", &["--quant", "int4", "--block", "32"]);
+    convert(
+        &ctx,
+        &model,
+        "int4.onnx",
+        &["--quant", "int4", "--block", "32"],
+    );
     let tok = tokenizer.display().to_string();
     let mut table = String::from("\nMiniLM on ONNX Runtime (CPU EP), 20 sentences\nmodel          cosine mean  cosine min   p50 ms   p95 ms   peak RSS MiB\n");
     let mut fp32_line = None;
-    for (q, min) in [("int8-dynamic", 0.99), ("int8-static", 0.99), ("int4", 0.95)] {
+    for (q, min) in [
+        ("int8-dynamic", 0.99),
+        ("int8-static", 0.99),
+        ("int4", 0.95),
+    ] {
         let o = ctx.run(&[
             "validate",
             "--model",
@@ -416,5 +453,163 @@ fn minilm_quantizations_against_fp32() {
         "3",
     ]);
     assert_exit(&o, 1);
-    assert!(stderr(&o).contains("min_cosine: measured"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("min_cosine: measured"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Every ONNX Runtime plan names the execution provider the bundle expects on the device, per
+/// accelerator: CPU (x86 and Arm), CUDA, Core ML, OpenVINO EP, QNN EP and DirectML.
+#[test]
+fn onnxruntime_plans_name_the_execution_provider() {
+    let ctx = TestContext::new();
+    let model = minilm_dir().display().to_string();
+    // A Windows laptop with a DirectX 12 GPU (seen as Vulkan) from the project's targets-dir.
+    let windows = std::fs::read_to_string(common::repo_root().join("targets/windows-x86_64-cpu.toml"))
+        .unwrap()
+        .replace("name = \"windows-x86_64-cpu\"", "name = \"windows-gpu\"")
+        .replacen(
+            "[[accelerators]]\nkind = \"cpu\"",
+            "[[accelerators]]\nkind = \"vulkan\"\nname = \"DirectX 12 GPU\"\napi_version = \"1.3\"\n\n[[accelerators]]\nkind = \"cpu\"",
+            1,
+        );
+    ctx.write("targets/windows-gpu.toml", windows);
+    ctx.cargo_project(".", "targets-dir = \"targets\"\n");
+    let cases = [
+        ("host-x86_64", "CPUExecutionProvider"),
+        ("raspberry-pi-5-8gb", "CPUExecutionProvider"),
+        ("jetson-orin-nano-8gb", "CUDAExecutionProvider"),
+        ("apple-m2-16gb", "CoreMLExecutionProvider"),
+        ("intel-core-ultra-7-155h", "OpenVINOExecutionProvider"),
+        ("snapdragon-8-elite", "QNNExecutionProvider"),
+        ("windows-gpu", "DmlExecutionProvider"),
+    ];
+    for (target, ep) in cases {
+        let o = ctx.run(&[
+            "plan",
+            "--model",
+            &model,
+            "--target",
+            target,
+            "--framework",
+            "onnxruntime",
+            "--format",
+            "json",
+        ]);
+        assert_exit(&o, 0);
+        let p = json(&o);
+        assert_eq!(p["framework"], "onnxruntime", "{target}");
+        assert_eq!(p["execution_provider"], ep, "{target}: {p}");
+    }
+    // Without --framework the host plan for an encoder is ONNX Runtime on the CPU EP too.
+    let o = ctx.run(&[
+        "plan",
+        "--model",
+        &model,
+        "--target",
+        "host-x86_64",
+        "--format",
+        "json",
+    ]);
+    assert_exit(&o, 0);
+    assert_eq!(json(&o)["execution_provider"], "CPUExecutionProvider");
+}
+
+const VAD_SAMPLES: &str = r#"
+import os, sys, numpy as np
+out = sys.argv[1]
+rng = np.random.default_rng(1)
+t = np.arange(512) / 16000
+for i in range(24):
+    tone = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) * (i % 2)
+    sig = (tone + 0.05 * rng.standard_normal(512)).astype(np.float32)[None]
+    d = f"{out}/{'cal' if i < 16 else 'inputs'}"
+    os.makedirs(d, exist_ok=True)
+    np.savez(f"{d}/s{i:02}.npz", input=sig, state=np.zeros((2, 1, 128), np.float32),
+             sr=np.array(16000, np.int64))
+"#;
+
+/// silero-vad (PyPI `silero-vad`): INT8 static with generated audio as calibration, validated
+/// against FP32 on other generated frames (a scalar int64 input, a recurrent state output).
+#[test]
+fn silero_vad_int8_static_output_agreement() {
+    let home = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_default();
+    let model = home.join("cargo-edgeai-ci/models/silero_vad/data/silero_vad_16k_op15.onnx");
+    assert!(
+        model.is_file(),
+        "{} is missing: run scripts/fetch-test-models.sh (CI does)",
+        model.display()
+    );
+    let ctx = TestContext::new();
+    let script = ctx.write("vad.py", VAD_SAMPLES);
+    assert_exit(
+        &Command::new(ort_python())
+            .arg(&script)
+            .arg(ctx.dir.path())
+            .output()
+            .unwrap(),
+        0,
+    );
+    convert(&ctx, &model, "vad-fp32.onnx", &[]);
+    convert(
+        &ctx,
+        &model,
+        "vad-int8.onnx",
+        &["--quant", "int8-static", "--calibration", "cal"],
+    );
+    let o = ctx.run(&[
+        "validate",
+        "--model",
+        "vad-int8.onnx",
+        "--reference",
+        "vad-fp32.onnx",
+        "--inputs",
+        "inputs",
+        "--runs",
+        "20",
+        "--format",
+        "json",
+    ]);
+    assert_exit(&o, 0);
+    let r = json(&o);
+    assert_eq!(r["inputs"]["samples"], 8);
+    let outs = r["outputs"].as_array().unwrap();
+    let prob = outs.iter().find(|o| o["name"] == "output").unwrap();
+    println!("silero-vad INT8 static vs FP32: {prob}");
+    // Speech probabilities agree to within a few hundredths.
+    assert!(prob["max_abs_error"].as_f64().unwrap() < 0.05, "{prob}");
+    assert!(prob["cosine_mean"].as_f64().unwrap() > 0.9, "{prob}");
+    assert!(outs.iter().any(|o| o["name"] == "stateN"));
+}
+
+/// The built-in WordPiece tokenizer gives the Hugging Face `tokenizers` library's ids on
+/// MiniLM's tokenizer.json (the library from the onnxruntime toolchain is the reference).
+#[test]
+fn wordpiece_matches_hf_tokenizers() {
+    let tokenizer = minilm_dir().join("tokenizer.json");
+    let extra = "Don't panic: 3.14159 is π, naïve café ÉCOLE — ok?!\nunaffable antidisestablishmentarianism 東京 co-operate e-mail\n";
+    let text = format!("{SENTENCES}{extra}");
+    let ctx = TestContext::new();
+    let file = ctx.write("text.txt", &text);
+    let script = ctx.write(
+        "tok.py",
+        "import sys, json\nfrom tokenizers import Tokenizer\nt = Tokenizer.from_file(sys.argv[1])\nt.no_padding()\nfor l in open(sys.argv[2], encoding='utf-8').read().splitlines():\n    print(json.dumps(t.encode(l).ids))\n",
+    );
+    let o = Command::new(ort_python())
+        .arg(&script)
+        .arg(&tokenizer)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_exit(&o, 0);
+    let wp = edgeai::validate::ort::wordpiece::WordPiece::from_file(&tokenizer).unwrap();
+    for (line, want) in text.lines().zip(stdout(&o).lines()) {
+        let want: Vec<i64> = serde_json::from_str(want).unwrap();
+        assert_eq!(wp.encode(line), want, "{line}");
+    }
 }

@@ -306,3 +306,94 @@ pub fn app_digest(
     }
     Ok(hex(&h.finalize()))
 }
+
+/// The model of an `hf://org/name[@revision]` reference: downloads (or, offline, finds in
+/// the hub cache `${XDG_CACHE_HOME}/cargo-edgeai/hub`) the snapshot and returns the model as
+/// the build sees it, with the commit it resolved to.
+///
+/// - `path` is a directory named after the repository (`name`) under
+///   `target/edgeai/models/`, whose files are symlinks into the snapshot: the converter names
+///   the model after its directory (`general.name`, as llama.cpp's reference converter does),
+///   and the hub's snapshot directory is named after the commit hash.
+/// - `digest` covers the repository's name and every file's sha256 (not the commit): the same
+///   bytes under another commit reuse the converted model, other bytes or another repository
+///   (another directory name, so another `general.name`) do not.
+/// - `public_name` is `hf://org/name@commit`, what the bundle's plan records (no host path).
+pub(crate) fn resolve_hub(
+    model: &str,
+    manifest_path: &Path,
+    edgeai_dir: &Path,
+    offline: bool,
+    progress: bool,
+) -> Result<(super::ResolvedModel, String)> {
+    let r: edgeai_hub::HubRef = model.parse().map_err(|e: edgeai_hub::Error| Error::Usage {
+        message: format!("{}: model `{model}`: {e}", manifest_path.display()),
+        help: "write the model as hf://org/name or hf://org/name@revision".into(),
+    })?;
+    let mut hub = edgeai_hub::HubOptions::from_env(crate::doctor::cache_dir().join("hub"));
+    hub.offline |= offline;
+    hub.progress = progress;
+    let snap = edgeai_hub::snapshot_download(&r, &hub).map_err(|e| Error::Usage {
+        message: format!("{}: model {model}: {e}", manifest_path.display()),
+        help: e.hint(),
+    })?;
+    let mut h = Sha256::new();
+    h.update(format!("hf {}\n", r.repo).as_bytes());
+    for (path, sha) in &snap.files {
+        h.update(format!("{path}\0{sha}\n").as_bytes());
+    }
+    let digest = hex(&h.finalize());
+    let path = hub_model_view(edgeai_dir, &r.repo, &snap)?;
+    Ok((
+        super::ResolvedModel {
+            path,
+            digest,
+            public_name: format!("hf://{}@{}", r.repo, snap.commit),
+        },
+        snap.commit,
+    ))
+}
+
+/// `target/edgeai/models/<org>--<name>/<commit>/<name>/`: one symlink per snapshot file.
+/// Checked on every build (a few lstat/readlink calls) and rebuilt when anything differs;
+/// built under a temporary name and renamed, so a killed build leaves a complete view or none.
+fn hub_model_view(edgeai_dir: &Path, repo: &str, snap: &edgeai_hub::Snapshot) -> Result<PathBuf> {
+    let name = repo.rsplit('/').next().unwrap_or(repo);
+    let parent = edgeai_dir
+        .join("models")
+        .join(repo.replace('/', "--"))
+        .join(&snap.commit);
+    let view = parent.join(name);
+    let complete = |dir: &Path| {
+        snap.files.iter().all(|(rel, _)| {
+            std::fs::read_link(dir.join(rel)).is_ok_and(|t| t == snap.dir.join(rel))
+        })
+    };
+    if complete(&view) {
+        return Ok(view);
+    }
+    let tmp = parent.join(format!(".tmp-{}", std::process::id()));
+    let remove = |p: &Path| -> Result<()> {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(p).map_err(|e| Error::io(p, e)),
+            Ok(_) => std::fs::remove_file(p).map_err(|e| Error::io(p, e)),
+            Err(_) => Ok(()),
+        }
+    };
+    remove(&tmp)?;
+    let staged = tmp.join(name);
+    for (rel, _) in &snap.files {
+        let link = staged.join(rel);
+        if let Some(dir) = link.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        std::os::unix::fs::symlink(snap.dir.join(rel), &link).map_err(|e| Error::io(&link, e))?;
+    }
+    if snap.files.is_empty() {
+        std::fs::create_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
+    }
+    remove(&view)?;
+    std::fs::rename(&staged, &view).map_err(|e| Error::io(&view, e))?;
+    remove(&tmp)?;
+    Ok(view)
+}

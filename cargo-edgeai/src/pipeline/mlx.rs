@@ -39,7 +39,7 @@ fn convert_options(plan: &Plan, threads: usize) -> Result<crate::mlx::MlxConvert
         _ => {
             return Err(Error::Usage {
                 message: format!("`{}` is not an MLX quantization", plan.quantization),
-                help: "set `quantization` in [package.metadata.edgeai] to an MLX scheme such as affine-4bit-g64, mxfp4 or mixed-3-6".into(),
+                help: format!("set `quantization` in [package.metadata.edgeai.target.{}] to an MLX scheme such as affine-8bit-g64, affine-4bit-g64, mxfp4 or mixed_3_6", plan.target),
             })
         }
     }

@@ -347,37 +347,20 @@ fn resolve_model(ctx: &mut Ctx<'_>) -> Result<ResolvedModel> {
     let started = Instant::now();
     let model = ctx.project.metadata.model.clone().unwrap_or_default();
     if edgeai_hub::is_hub_ref(&model) {
-        let r: edgeai_hub::HubRef = model.parse().map_err(|e: edgeai_hub::Error| Error::Usage {
-            message: format!(
-                "{}: model `{model}`: {e}",
-                ctx.project.manifest_path.display()
-            ),
-            help: "write the model as hf://org/name or hf://org/name@revision".into(),
-        })?;
-        let mut hub = edgeai_hub::HubOptions::from_env(crate::doctor::cache_dir().join("hub"));
-        hub.offline |= ctx.opts.offline;
-        hub.progress = ctx.opts.progress;
-        let snap = edgeai_hub::snapshot_download(&r, &hub).map_err(|e| Error::Usage {
-            message: format!("downloading {model}: {e}"),
-            help: e.hint(),
-        })?;
-        let mut h = sha2::Sha256::new();
-        use sha2::Digest;
-        for (path, sha) in &snap.files {
-            h.update(format!("{path}\0{sha}\n").as_bytes());
-        }
-        let digest = crate::cache::hex(&h.finalize());
+        let (resolved, commit) = inputs::resolve_hub(
+            &model,
+            &ctx.project.manifest_path,
+            &ctx.edgeai_dir,
+            ctx.opts.offline,
+            ctx.opts.progress,
+        )?;
         ctx.record(
             "resolve",
             false,
             started,
-            format!("{model} at commit {}", snap.commit),
+            format!("{model} at commit {commit}"),
         );
-        return Ok(ResolvedModel {
-            path: snap.dir,
-            digest,
-            public_name: format!("hf://{}@{}", r.repo, snap.commit),
-        });
+        return Ok(resolved);
     }
     let path = ctx
         .project
@@ -392,15 +375,22 @@ fn resolve_model(ctx: &mut Ctx<'_>) -> Result<ResolvedModel> {
             ctx.project.manifest_path.display()
         ),
     })?;
-    let digest = if meta.is_dir() {
-        ctx.cache.tree_digest(&path)?
-    } else {
-        ctx.cache.file_digest(&path)?
-    };
     let public_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
+    let digest = if meta.is_dir() {
+        // The converter names the model (GGUF general.name) after its directory, as llama.cpp's
+        // does: the same files under another directory name convert to other bytes.
+        let tree = ctx.cache.tree_digest(&path)?;
+        let named = format!("hf-dir\0{public_name}\0{tree}");
+        <sha2::Sha256 as sha2::Digest>::digest(named.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    } else {
+        ctx.cache.file_digest(&path)?
+    };
     ctx.record(
         "resolve",
         true,
@@ -524,6 +514,9 @@ pub fn do_build(opts: &BuildOptions) -> Result<BuildOutcome> {
     let self_id = inputs::self_identity();
     let mut result = Ok(());
     for name in &names {
+        // `[package.metadata.edgeai.target.<name>]` applied: every step sees this target's
+        // quantization and gates.
+        let project = project.for_target(name);
         let mut ctx = Ctx {
             opts,
             project: &project,

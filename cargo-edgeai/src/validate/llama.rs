@@ -129,43 +129,53 @@ pub fn perplexity(run: &PerplexityRun<'_>) -> Result<PerplexityStats> {
     if run.compare {
         args.push("--kl-divergence".into());
     }
-    let (output, peak) = run_measured(&exe, &args)?;
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if let Some(line) = text.lines().find(|l| l.contains("you need at least")) {
-        return Err(Error::Usage {
-            message: format!(
-                "{}: the evaluation text is shorter than two contexts of {} tokens ({})",
-                run.text.display(),
-                run.ctx,
-                line.split_once("perplexity:")
-                    .map_or(line, |(_, r)| r)
-                    .trim()
-            ),
-            help: "pass a longer --text, or a smaller --ctx".into(),
-        });
-    }
-    if !output.status.success() {
-        let tail: Vec<&str> = text.lines().rev().take(8).collect();
-        return Err(Error::InvalidModel {
-            path: run.model.to_path_buf(),
-            message: format!(
-                "llama-perplexity failed ({}): {}",
-                output.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            ),
-            help: "check that the file is a GGUF llama.cpp can load (cargo edgeai inspect FILE) and that the reference logits match it".into(),
-        });
-    }
-    let mut stats = parse_perplexity_output(&text, run.compare).ok_or_else(|| {
-        Error::Internal(format!(
-            "could not find the statistics in llama-perplexity's output for {}",
-            run.model.display()
-        ))
-    })?;
+    // llama.cpp's logger writes from a worker thread that is never joined at exit, so on a
+    // loaded machine the last lines (the statistics) are sometimes lost. The run is
+    // deterministic: running it again is safe, and a few tries make the loss vanishingly rare.
+    const TRIES: u32 = 3;
+    let mut attempt = 0;
+    let (mut stats, peak) = loop {
+        attempt += 1;
+        let (output, peak) = run_measured(&exe, &args)?;
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if let Some(line) = text.lines().find(|l| l.contains("you need at least")) {
+            return Err(Error::Usage {
+                message: format!(
+                    "{}: the evaluation text is shorter than two contexts of {} tokens ({})",
+                    run.text.display(),
+                    run.ctx,
+                    line.split_once("perplexity:")
+                        .map_or(line, |(_, r)| r)
+                        .trim()
+                ),
+                help: "pass a longer --text, or a smaller --ctx".into(),
+            });
+        }
+        if !output.status.success() {
+            let tail: Vec<&str> = text.lines().rev().take(8).collect();
+            return Err(Error::InvalidModel {
+                path: run.model.to_path_buf(),
+                message: format!(
+                    "llama-perplexity failed ({}): {}",
+                    output.status,
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ),
+                help: "check that the file is a GGUF llama.cpp can load (cargo edgeai inspect FILE) and that the reference logits match it".into(),
+            });
+        }
+        match parse_perplexity_output(&text, run.compare) {
+            Some(stats) => break (stats, peak),
+            None if attempt < TRIES => continue,
+            None => return Err(Error::Internal(format!(
+                "could not find the statistics in llama-perplexity's output for {} ({TRIES} runs)",
+                run.model.display()
+            ))),
+        }
+    };
     stats.peak_rss_bytes = peak;
     Ok(stats)
 }

@@ -128,6 +128,8 @@ pub struct SampleInfo {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OutputAgreement {
     pub name: String,
+    /// Mean over samples of the cosine of the sample's flattened output; for outputs of one
+    /// value per sample, the cosine over all samples' values together (mean = min).
     pub cosine_mean: f64,
     pub cosine_min: f64,
     pub max_abs_error: f64,
@@ -793,6 +795,9 @@ fn compare(
         let name = &port.name;
         let (mut cos_sum, mut cos_min, mut max_abs, mut n) = (0.0, f64::INFINITY, 0.0f64, 0usize);
         let (mut agree, mut rows) = (0u64, 0u64);
+        // Outputs of one value per sample (a VAD probability, a score): the cosine of two
+        // one-element vectors is always ±1, so those are compared over all samples at once.
+        let (mut all_c, mut all_r) = (Vec::new(), Vec::new());
         // Embeddings and hidden states are rank 2 too, but their argmax means nothing.
         let lname = name.to_ascii_lowercase();
         let mut classifier = !text && !lname.contains("embed") && !lname.contains("hidden");
@@ -818,6 +823,8 @@ fn compare(
                     help: "validate a candidate made from this reference".into(),
                 });
             }
+            all_c.extend_from_slice(&c.values);
+            all_r.extend_from_slice(&r.values);
             let cs = cosine(&c.values, &r.values);
             cos_sum += cs;
             cos_min = cos_min.min(cs);
@@ -837,6 +844,11 @@ fn compare(
         }
         if n == 0 {
             continue;
+        }
+        if all_r.len() <= n {
+            let whole = cosine(&all_c, &all_r);
+            cos_sum = whole * n as f64;
+            cos_min = whole;
         }
         outs.push(OutputAgreement {
             name: name.clone(),
@@ -861,10 +873,9 @@ fn compare(
             Some(name) => {
                 let mut cs = Vec::new();
                 for (c, r) in cand.iter().zip(refs) {
-                    if let (Some(pc), Some(pr)) = (
-                        c.get(&name).and_then(pooled),
-                        r.get(&name).and_then(pooled),
-                    ) {
+                    if let (Some(pc), Some(pr)) =
+                        (c.get(&name).and_then(pooled), r.get(&name).and_then(pooled))
+                    {
                         cs.push(cosine(&pc, &pr));
                     }
                 }
@@ -980,7 +991,10 @@ fn evaluate(
             Direction::AtLeast,
             "",
             &match worst {
-                Some((o, _)) => format!("fraction of rows of `{}` with the reference's argmax", o.name),
+                Some((o, _)) => format!(
+                    "fraction of rows of `{}` with the reference's argmax",
+                    o.name
+                ),
                 None => "no classifier-like output (rank 2, >= 2 classes)".into(),
             },
         ));
@@ -1127,11 +1141,13 @@ pub fn validate_onnx(
     drop(ref_session);
 
     let (outputs, embedding) = compare(&cand_out, &ref_out, &ref_info, text, candidate)?;
-    let basis = |reset: bool, who: &str| match (reset, cand_peak.is_some()) {
+    let basis = |reset: bool, who: &str| {
+        match (reset, cand_peak.is_some()) {
         (_, false) => "not measured: /proc/self/status is not available on this OS".to_string(),
         (true, _) if who == "candidate" => "resident high-water mark (VmHWM) of this process while the candidate was loaded and run, reset before loading it (/proc/self/clear_refs); includes the process baseline (ONNX Runtime library, inputs)".into(),
         (true, _) => "resident high-water mark (VmHWM) while the reference was loaded and run, reset before loading it; may include heap the allocator kept from the candidate run".into(),
         (false, _) => format!("resident high-water mark of the whole process up to the end of the {who} run (could not reset it: /proc/self/clear_refs not writable)"),
+    }
     };
     let memory = vec![
         Memory {
@@ -1196,7 +1212,8 @@ pub fn validate_onnx(
 
 /// Whether `path` is an ONNX model file (by extension: the validator dispatches on it).
 pub fn is_onnx(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
 }
 
 // ---- reports ----------------------------------------------------------------------------------
@@ -1420,7 +1437,9 @@ th{{background:#f4f4f4}}.fail{{color:#c0392b;font-weight:bold}}.pass{{color:#27a
             );
         }
     }
-    h.push_str("</table><h2>Gates</h2><table><tr><th>candidate</th><th>gate</th><th>result</th></tr>");
+    h.push_str(
+        "</table><h2>Gates</h2><table><tr><th>candidate</th><th>gate</th><th>result</th></tr>",
+    );
     for r in reports {
         for g in &r.gates {
             let _ = write!(

@@ -2,7 +2,7 @@
 //!
 //! At start it finds its bundle (`--bundle DIR`, else the directory holding its executable or
 //! the one above it), checks every file `edgeai-manifest.json` lists against its sha256 and size,
-//! then reads the GGUF model's header and prints the model's facts. Exit 0 when all is well,
+//! then prints the model's facts (a GGUF's header, or an MLX model's config.json). Exit 0 when all is well,
 //! 1 (naming the file) when a file is missing, altered or not a model.
 
 mod gguf;
@@ -72,25 +72,76 @@ fn run() -> Result<(), String> {
     for f in &files {
         verify(&bundle, f)?;
     }
-    let model = files
+    let bundle_field = |key: &str| {
+        manifest
+            .get("bundle")
+            .and_then(|b| b.get(key))
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
+    };
+    let target = manifest
+        .get("target")
+        .and_then(|v| v.as_str())
+        .unwrap_or("?");
+    println!("hello-edge {}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "bundle: {} {} for {target} ({} files verified)",
+        bundle_field("name"),
+        bundle_field("version"),
+        files.len()
+    );
+    let gguf = files
         .iter()
         .map(|f| f.path.as_str())
         .filter(|p| p.ends_with(".gguf"))
-        .min_by_key(|p| (!p.contains("-00001-of-"), p.to_string()))
-        .ok_or(format!("{MANIFEST_NAME} lists no .gguf model"))?;
-    let facts = gguf::read_header(&bundle.join(model)).map_err(|e| format!("{model}: {e}"))?;
+        .min_by_key(|p| (!p.contains("-00001-of-"), p.to_string()));
+    // An MLX model is a directory with config.json (its `quantization`) and safetensors.
+    let mlx_config = files
+        .iter()
+        .map(|f| f.path.as_str())
+        .find(|p| p.ends_with("config.json") && !p.ends_with("generation_config.json"));
+    match (gguf, mlx_config) {
+        (Some(model), _) => {
+            let facts =
+                gguf::read_header(&bundle.join(model)).map_err(|e| format!("{model}: {e}"))?;
+            println!("model: {model}");
+            print!("{}", facts.render());
+        }
+        (None, Some(config)) => print_mlx_facts(&bundle, config)?,
+        (None, None) => {
+            return Err(format!(
+                "{MANIFEST_NAME} lists no model (.gguf, or an MLX config.json)"
+            ))
+        }
+    }
+    Ok(())
+}
 
-    let field = |key: &str| manifest.get(key).and_then(|v| v.as_str()).unwrap_or("?");
-    println!("hello-edge {}", env!("CARGO_PKG_VERSION"));
-    println!(
-        "bundle: {} {} for {} ({} files verified)",
-        field("name"),
-        field("version"),
-        field("target"),
-        files.len()
-    );
-    println!("model: {model}");
-    print!("{}", facts.render());
+/// The facts of an MLX model from its config.json (the weights are checked by sha256 above).
+fn print_mlx_facts(bundle: &Path, config: &str) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(bundle.join(config)).map_err(|e| format!("{config}: {e}"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{config}: not JSON: {e}"))?;
+    let get = |key: &str| {
+        json.get(key)
+            .map(|v| v.to_string().trim_matches('"').to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    println!("model: {config} (MLX)");
+    println!("  architecture:      {}", get("model_type"));
+    println!("  embedding size:    {}", get("hidden_size"));
+    println!("  layers:            {}", get("num_hidden_layers"));
+    println!("  vocabulary:        {}", get("vocab_size"));
+    match json.get("quantization") {
+        Some(q) => println!(
+            "  quantization:      {} bits, group {}, {}",
+            q.get("bits").map_or("?".into(), |v| v.to_string()),
+            q.get("group_size").map_or("?".into(), |v| v.to_string()),
+            q.get("mode").and_then(|v| v.as_str()).unwrap_or("affine")
+        ),
+        None => println!("  quantization:      none"),
+    }
     Ok(())
 }
 

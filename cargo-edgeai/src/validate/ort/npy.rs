@@ -119,17 +119,18 @@ pub fn parse_npy(bytes: &[u8], what: &Path) -> Result<Array> {
         )
     })?;
     if field("fortran_order").is_some_and(|v| v.starts_with("True")) {
-        return Err(bad(
-            what,
-            "Fortran-order arrays are not supported".into(),
-        ));
+        return Err(bad(what, "Fortran-order arrays are not supported".into()));
     }
     let shape_text = field("shape")
         .and_then(|v| v.strip_prefix('('))
         .and_then(|v| v.split(')').next())
         .ok_or_else(|| bad(what, "no shape in the .npy header".into()))?;
     let mut shape = Vec::new();
-    for part in shape_text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    for part in shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
         shape.push(
             part.parse::<usize>()
                 .map_err(|_| bad(what, format!("bad dimension `{part}` in the shape")))?,
@@ -164,7 +165,8 @@ pub fn read_npy(path: &Path) -> Result<Array> {
 }
 
 fn le16(b: &[u8], at: usize) -> Option<usize> {
-    b.get(at..at + 2).map(|s| u16::from_le_bytes([s[0], s[1]]) as usize)
+    b.get(at..at + 2)
+        .map(|s| u16::from_le_bytes([s[0], s[1]]) as usize)
 }
 fn le32(b: &[u8], at: usize) -> Option<usize> {
     b.get(at..at + 4)
@@ -270,7 +272,7 @@ mod tests {
         let mut f = b"\x93NUMPY\x01\x00".to_vec();
         let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
         let mut header = h.to_string();
-        while (10 + header.len() + 1) % 64 != 0 {
+        while !(10 + header.len() + 1).is_multiple_of(64) {
             header.push(' ');
         }
         header.push('\n');

@@ -3,8 +3,8 @@
 //! all-MiniLM-L6-v2 without the `tokenizers` crate (and its build time). Other tokenizer types
 //! are refused with an error rather than tokenized differently from the reference library.
 //!
-//! Not implemented: accent stripping of precomposed characters (needs Unicode NFD tables);
-//! `strip_accents = true` tokenizers are refused.
+//! Accents are stripped as BertNormalizer does (NFD, then combining marks dropped) when
+//! `strip_accents` is true, or unset with `lowercase`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,6 +22,7 @@ pub struct WordPiece {
     prefix: String,
     max_chars: usize,
     lowercase: bool,
+    strip_accents: bool,
     /// Truncation length including [CLS] and [SEP].
     pub max_length: usize,
 }
@@ -36,8 +37,8 @@ fn unsupported(path: &Path, what: String) -> Error {
 impl WordPiece {
     pub fn from_file(path: &Path) -> Result<WordPiece> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let json: Value = serde_json::from_str(&text)
-            .map_err(|e| unsupported(path, format!("not JSON: {e}")))?;
+        let json: Value =
+            serde_json::from_str(&text).map_err(|e| unsupported(path, format!("not JSON: {e}")))?;
         let model = &json["model"];
         if model["type"] != "WordPiece" {
             return Err(unsupported(
@@ -60,13 +61,8 @@ impl WordPiece {
         let unk_token = model["unk_token"].as_str().unwrap_or("[UNK]");
         let norm = &json["normalizer"];
         let lowercase = norm["lowercase"].as_bool().unwrap_or(false);
-        if norm["strip_accents"].as_bool() == Some(true) {
-            return Err(unsupported(
-                path,
-                "strip_accents = true needs Unicode NFD, which this tokenizer does not implement"
-                    .into(),
-            ));
-        }
+        // BertNormalizer: strip_accents unset follows lowercase.
+        let strip_accents = norm["strip_accents"].as_bool().unwrap_or(lowercase);
         Ok(WordPiece {
             unk: id(unk_token)?,
             cls: id("[CLS]")?,
@@ -77,6 +73,7 @@ impl WordPiece {
                 .to_string(),
             max_chars: model["max_input_chars_per_word"].as_u64().unwrap_or(100) as usize,
             lowercase,
+            strip_accents,
             max_length: json["truncation"]["max_length"].as_u64().unwrap_or(512) as usize,
             vocab,
         })
@@ -85,7 +82,7 @@ impl WordPiece {
     /// Token ids of one text: `[CLS] pieces… [SEP]`, truncated to `max_length`.
     pub fn encode(&self, text: &str) -> Vec<i64> {
         let mut ids = vec![self.cls];
-        for word in pre_tokenize(&normalize(text, self.lowercase)) {
+        for word in pre_tokenize(&normalize(text, self.lowercase, self.strip_accents)) {
             self.word_pieces(&word, &mut ids);
         }
         ids.truncate(self.max_length.saturating_sub(1).max(1));
@@ -143,7 +140,8 @@ fn is_chinese(c: char) -> bool {
 
 /// BertNormalizer: drop control characters, whitespace to spaces, space around CJK
 /// characters, optional lower-casing.
-fn normalize(text: &str, lowercase: bool) -> String {
+fn normalize(text: &str, lowercase: bool, strip_accents: bool) -> String {
+    use unicode_normalization::UnicodeNormalization;
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c == '\0' || c == '\u{fffd}' || is_control(c) {
@@ -160,6 +158,12 @@ fn normalize(text: &str, lowercase: bool) -> String {
         } else {
             out.push(c);
         }
+    }
+    if strip_accents {
+        out = out
+            .nfd()
+            .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+            .collect();
     }
     out
 }
@@ -204,7 +208,7 @@ mod tests {
     #[test]
     fn splits_punctuation_and_lowercases() {
         assert_eq!(
-            pre_tokenize(&normalize("Hello, World!", true)),
+            pre_tokenize(&normalize("Hello, Wörld!", true, true)),
             vec!["hello", ",", "world", "!"]
         );
     }

@@ -1,0 +1,3 @@
+//! Conversion backends that run outside the native Rust pipeline (managed Python toolchains).
+
+pub mod onnx;
