@@ -11,6 +11,7 @@
 #     lib/      libggml-base.a (the quantizers: ggml/src/ggml.c + ggml-quants.c)
 #     include/  ggml public headers (ggml.h, ggml-cpu.h, ...) + ggml-quants.h / ggml-common.h for reference
 #     src -> the unpacked llama.cpp tree, BUILD-INFO.txt (flags, compile line of ggml-quants.c), .stamp
+# One patch is applied to the source: common/log.cpp drains its log at exit (see "patch" below).
 # The last line on stdout is the bin directory; progress goes to stderr. Typical use:
 #
 #   LLAMA_CPP_BIN="$(scripts/build-llama-cpp.sh | tail -n1)"
@@ -34,7 +35,8 @@ set -euo pipefail
 
 VERSION="${LLAMA_CPP_PY_VERSION:-0.3.36}"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/cargo-edgeai-ci"
-PREFIX="$CACHE/llama.cpp-$VERSION"
+# The -p1 suffix: our one patch (below). A new patch level gets a new prefix, so caches rebuild.
+PREFIX="$CACHE/llama.cpp-$VERSION-p1"
 WORK="$CACHE/llama.cpp-work/$VERSION"
 STAMP="$PREFIX/.stamp"
 JOBS="${JOBS:-$(nproc)}"
@@ -91,6 +93,29 @@ if [ ! -f "$SRC/CMakeLists.txt" ]; then
     [ -d "$SRC/tools/quantize" ] || die "vendored llama.cpp has no tools/quantize (stripped tree?)"
 fi
 
+# ---- patch: drain the log at exit ----------------------------------------------------------------
+# llama.cpp's tools print through an asynchronous logger whose worker thread is deliberately never
+# joined (common/log.cpp, llama.cpp issue 22142: a Windows DLL-teardown hang). On a loaded machine
+# the last lines - llama-perplexity's statistics, llama-embedding's JSON - are then sometimes lost.
+# One atexit handler drains the queue (common_log_pause joins the worker after the pending lines).
+# It changes no computation: quantizers, kernels and printed values are untouched.
+LOG_CPP="$SRC/common/log.cpp"
+if ! grep -q 'edgeai: drain the log at exit' "$LOG_CPP"; then
+    "$PYTHON" - "$LOG_CPP" <<'EOF'
+import sys
+path = sys.argv[1]
+text = open(path).read()
+anchor = "log = new common_log;"
+if text.count(anchor) != 1:
+    sys.exit(f"{path}: expected one `{anchor}` to patch")
+text = text.replace(anchor, anchor + "\n        std::atexit([] { common_log_pause(log); }); // edgeai: drain the log at exit", 1)
+if "#include <cstdlib>" not in text:
+    text = "#include <cstdlib>\n" + text
+open(path, "w").write(text)
+EOF
+    log "patched $LOG_CPP: the log is drained at exit"
+fi
+
 # ---- configure + build ---------------------------------------------------------------------------
 BUILD="$WORK/build"
 CONTRACT_FLAG="-ffp-contract=off"
@@ -108,7 +133,12 @@ CMAKE_ARGS=(
     -DLLAMA_BUILD_TESTS=OFF
 )
 log "configuring: cmake ${CMAKE_ARGS[*]}"
-cmake "${CMAKE_ARGS[@]}" >&2
+# A build directory configured elsewhere (a copied or moved cache) makes cmake refuse: start over.
+if ! cmake "${CMAKE_ARGS[@]}" >&2; then
+    log "configuring in $BUILD failed; retrying in a clean build directory"
+    rm -rf "$BUILD"
+    cmake "${CMAKE_ARGS[@]}" >&2
+fi
 
 available_targets="$(cmake --build "$BUILD" --target help 2>/dev/null | sed -n 's/^\([A-Za-z0-9_.-]*\): .*/\1/p')"
 targets=(ggml-base)
@@ -189,6 +219,7 @@ fi
     echo "compiler: $(cc --version | head -n1)"
     echo "cmake args: ${CMAKE_ARGS[*]}"
     echo "targets: ${targets[*]}"
+    echo "patch: common/log.cpp drains the asynchronous log at exit (std::atexit + common_log_pause)"
     echo "build seconds ($JOBS jobs): $elapsed"
     echo "ggml-quants.c (ggml-base) compile line:"
     echo "  $QCMD"

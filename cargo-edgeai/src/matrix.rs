@@ -415,13 +415,19 @@ mod tests {
             )
         };
         let err = Matrix::parse(Path::new("m.toml"), &rule("")).unwrap_err();
-        assert!(err.to_string().contains("names no execution_provider"), "{err}");
+        assert!(
+            err.to_string().contains("names no execution_provider"),
+            "{err}"
+        );
         let err = Matrix::parse(
             Path::new("m.toml"),
             &rule("execution_provider = \"FooExecutionProvider\"\n"),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("unknown execution provider"), "{err}");
+        assert!(
+            err.to_string().contains("unknown execution provider"),
+            "{err}"
+        );
         assert!(Matrix::parse(
             Path::new("m.toml"),
             &rule("execution_provider = \"CPUExecutionProvider\"\n")

@@ -29,7 +29,7 @@ fn tool(name: &str) -> PathBuf {
     if let Some(d) = std::env::var_os("LLAMA_CPP_BIN") {
         dirs.push(PathBuf::from(d));
     }
-    dirs.push(cache().join("llama.cpp-0.3.36").join("bin"));
+    dirs.push(cache().join("llama.cpp-0.3.36-p1").join("bin"));
     for d in &dirs {
         let p = d.join(name);
         if p.is_file() {
@@ -883,12 +883,12 @@ fn bad_input_fails_cleanly() {
         "convert",
         s(&good),
         "--format",
-        "onnx",
+        "tflite",
         "-o",
-        s(&ctx.path("x.onnx")),
+        s(&ctx.path("x.tflite")),
     ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("gguf"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("gguf, mlx and onnx"), "{}", stderr(&o));
 }
 
 // ---- sentencepiece vocabularies, Llama 3 rope_freqs ---------------------------------------------

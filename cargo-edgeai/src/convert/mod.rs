@@ -612,7 +612,7 @@ pub fn do_convert(opts: &ConvertOptions) -> Result<ConvertReport> {
         return Err(Error::Usage {
             message: format!("unknown --format `{format}`"),
             help: format!(
-                "supported formats: {} (mlx, onnx, openvino and qnn are planned)",
+                "supported formats: {}, mlx and onnx (openvino and qnn are planned)",
                 FORMATS.join(", ")
             ),
         });

@@ -167,13 +167,20 @@ pub fn perplexity(run: &PerplexityRun<'_>) -> Result<PerplexityStats> {
                 help: "check that the file is a GGUF llama.cpp can load (cargo edgeai inspect FILE) and that the reference logits match it".into(),
             });
         }
+        // In a comparison "Same top p" is the last statistic printed: without it the tail of
+        // the output was lost.
+        let complete =
+            |s: &PerplexityStats| !run.compare || (s.kld_mean.is_some() && s.top1.is_some());
         match parse_perplexity_output(&text, run.compare) {
-            Some(stats) => break (stats, peak),
+            Some(stats) if complete(&stats) || attempt >= TRIES => break (stats, peak),
+            Some(_) => continue,
             None if attempt < TRIES => continue,
-            None => return Err(Error::Internal(format!(
+            None => {
+                return Err(Error::Internal(format!(
                 "could not find the statistics in llama-perplexity's output for {} ({TRIES} runs)",
                 run.model.display()
-            ))),
+            )))
+            }
         }
     };
     stats.peak_rss_bytes = peak;

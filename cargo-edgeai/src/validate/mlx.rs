@@ -246,7 +246,10 @@ fn scheme_name(q: &serde_json::Map<String, serde_json::Value>) -> String {
 }
 
 /// Refuse, before any Python starts (or any tensor is converted), a model mlx-lm cannot load.
-pub(crate) fn check_loadable(dir: &Path, config: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+pub(crate) fn check_loadable(
+    dir: &Path,
+    config: &serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
     let support = MlxLmSupport::builtin();
     let Some(model_type) = config.get("model_type").and_then(|v| v.as_str()) else {
         return Err(Error::InvalidModel {
