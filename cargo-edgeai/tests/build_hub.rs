@@ -1,6 +1,6 @@
 //! `cargo edgeai build` with `model = "hf://org/name[@revision]"`, through the real binary,
 //! against a real HTTP server on 127.0.0.1 that serves the Hub's revision/resolve layout
-//! (tests/hub_server, a copy of edgeai-hub's test server) with the fixture model
+//! (edgeai-hub's own test server, crates/edgeai-hub/tests/common) with the fixture model
 //! fixtures/models/tiny-llama-f32 as repo `edgeai-test/tiny-llama`.
 //!
 //! The hub cache is `${XDG_CACHE_HOME}/cargo-edgeai/hub` (edgeai::doctor::cache_dir()), so
@@ -9,6 +9,7 @@
 //! Needs llama.cpp's tools (`LLAMA_CPP_BIN` or scripts/build-llama-cpp.sh) like tests/build.rs.
 
 mod common;
+#[path = "../../crates/edgeai-hub/tests/common/mod.rs"]
 mod hub_server;
 
 use std::path::{Path, PathBuf};
