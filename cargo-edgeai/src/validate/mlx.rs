@@ -27,7 +27,7 @@ use super::{
     TargetFigures, ToolInfo, ValidateOptions, ValidationReport, SCHEMA_VERSION,
 };
 use crate::manifest::Target;
-use crate::matrix::{Matrix, MlxLmSupport};
+use crate::matrix::MlxLmSupport;
 use crate::quant::Framework;
 use crate::{Error, Result};
 
@@ -567,32 +567,7 @@ fn reference_run(
 /// cache at the target's context (the MLX rule's element size) + the MLX rule's overhead.
 fn target_figures(target: &Target, candidate: &Path, weights_bytes: u64) -> Result<TargetFigures> {
     let facts = crate::facts::read_model_facts(candidate)?;
-    let matrix = Matrix::builtin()?;
-    let rule = matrix.rules.iter().find(|r| r.framework == Framework::Mlx);
-    let (kv_bytes, overhead_mb) = rule.map_or((2, 256), |r| (r.kv_bytes, r.overhead_mb));
-    let context = target.defaults.context_length;
-    let kv_cache_bytes = crate::plan::kv_cache_bytes(&facts, kv_bytes, context);
-    let overhead_bytes = overhead_mb * (1 << 20);
-    let total_bytes = weights_bytes + kv_cache_bytes + overhead_bytes;
-    let per_token = weights_bytes + kv_cache_bytes;
-    let decode = (per_token > 0)
-        .then(|| (target.memory.bandwidth_gbps * 1e9 / per_token as f64 * 10.0).round() / 10.0);
-    Ok(TargetFigures {
-        label: format!("estimated for {} (not measured on the device)", target.name),
-        target: target.name.clone(),
-        context_length: context,
-        weights_bytes,
-        kv_cache_bytes,
-        overhead_bytes,
-        total_bytes,
-        budget_bytes: target.budget_bytes(),
-        fits: total_bytes <= target.budget_bytes(),
-        decode_tokens_per_s: decode,
-        decode_basis: format!(
-            "{} GB/s memory bandwidth / {per_token} bytes read per token (MLX weights + KV cache at {context} tokens)",
-            target.memory.bandwidth_gbps
-        ),
-    })
+    super::estimated_target_figures(target, &facts, weights_bytes, Framework::Mlx, "MLX weights")
 }
 
 /// Validate the MLX model `candidate` against `reference` (the unquantized Hugging Face

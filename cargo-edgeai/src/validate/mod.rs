@@ -337,14 +337,31 @@ fn target_figures(target: &Target, candidate: &Path) -> Result<TargetFigures> {
         .header()
         .file_size
         .saturating_sub(file.header().data_offset);
+    estimated_target_figures(
+        target,
+        &facts,
+        weights_bytes,
+        Framework::LlamaCpp,
+        "weights",
+    )
+}
+
+/// The footprint arithmetic shared by every runtime's validation (plan.rs's formula): weights +
+/// KV cache at the target's context (the framework's first matrix rule's element size) + that
+/// rule's overhead; decode reads weights and KV cache once per token. `weights_what` names the
+/// weights in the decode basis ("weights", "MLX weights").
+pub(crate) fn estimated_target_figures(
+    target: &Target,
+    facts: &crate::facts::ModelFacts,
+    weights_bytes: u64,
+    framework: Framework,
+    weights_what: &str,
+) -> Result<TargetFigures> {
     let matrix = Matrix::builtin()?;
-    let rule = matrix
-        .rules
-        .iter()
-        .find(|r| r.framework == Framework::LlamaCpp);
+    let rule = matrix.rules.iter().find(|r| r.framework == framework);
     let (kv_bytes, overhead_mb) = rule.map_or((2, 256), |r| (r.kv_bytes, r.overhead_mb));
     let context = target.defaults.context_length;
-    let kv_cache_bytes = crate::plan::kv_cache_bytes(&facts, kv_bytes, context);
+    let kv_cache_bytes = crate::plan::kv_cache_bytes(facts, kv_bytes, context);
     let overhead_bytes = overhead_mb * (1 << 20);
     let total_bytes = weights_bytes + kv_cache_bytes + overhead_bytes;
     let per_token = weights_bytes + kv_cache_bytes;
@@ -362,7 +379,7 @@ fn target_figures(target: &Target, candidate: &Path) -> Result<TargetFigures> {
         fits: total_bytes <= target.budget_bytes(),
         decode_tokens_per_s: decode,
         decode_basis: format!(
-            "{} GB/s memory bandwidth / {per_token} bytes read per token (weights + KV cache at {context} tokens)",
+            "{} GB/s memory bandwidth / {per_token} bytes read per token ({weights_what} + KV cache at {context} tokens)",
             target.memory.bandwidth_gbps
         ),
     })
