@@ -117,6 +117,16 @@ pub enum Error {
     #[error("{message}")]
     #[diagnostic(code(edgeai::app_build), help("{help}"))]
     AppBuild { message: String, help: String },
+
+    /// An external tool run on the user's model failed (Olive's `olive run`); the message ends
+    /// with the tail of its log, the help line names the kept config and how to re-run it.
+    #[error("{message}")]
+    #[diagnostic(code(edgeai::tool_failed), help("{help}"))]
+    ToolFailed {
+        tool: String,
+        message: String,
+        help: String,
+    },
 }
 
 impl From<edgeai_toolchain::Error> for Error {

@@ -347,10 +347,15 @@ struct ConvertArgs {
     /// ONNX int4: symmetric blocks (no zero points).
     #[arg(long = "symmetric")]
     onnx_symmetric: bool,
-    /// ONNX int8-static: calibration data (folder of .npz/.npy samples keyed by input name,
-    /// or a text file, one sample per line, tokenized with the model's tokenizer.json).
+    /// ONNX int8-static (required) / int8-dynamic, int4 (optional: picks the nodes kept at higher precision): calibration
+    /// data (folder of .npz/.npy samples keyed by input name, or a text file, one sample per
+    /// line, tokenized with the model's tokenizer.json).
     #[arg(long = "calibration", value_name = "PATH")]
     onnx_calibration: Option<PathBuf>,
+    /// ONNX quantization: `olive` runs an Olive workflow (`olive run`, olive toolchain) on an
+    /// FP32 .onnx MODEL instead of onnxruntime's tools (`onnxruntime`, the default).
+    #[arg(long = "framework", value_name = "FRAMEWORK")]
+    onnx_framework: Option<String>,
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -809,6 +814,33 @@ fn run(cli: &Cli) -> Result<()> {
                 Format::Json => print(&report::to_json(&report)),
                 Format::Human if cli.global.quiet => Ok(()),
                 Format::Human => print(&report.render_human()),
+            }
+        }
+        Command::Convert(args)
+            if args
+                .onnx_framework
+                .as_deref()
+                .is_some_and(|f| !f.eq_ignore_ascii_case("onnxruntime")) =>
+        {
+            let quant = edgeai::backends::olive::cli_quant(
+                &args.out_format,
+                args.onnx_framework.as_deref().unwrap_or_default(),
+                args.onnx_quant.as_deref(),
+            )?;
+            let summary = edgeai::backends::olive::quantize_with_olive(
+                &args.input,
+                &args.output,
+                &edgeai::backends::olive::OliveOptions {
+                    quant,
+                    calibration: args.onnx_calibration.clone(),
+                    block: args.onnx_block,
+                    symmetric: args.onnx_symmetric,
+                },
+            )?;
+            match args.report {
+                Format::Json => print(&report::to_json(&summary)),
+                Format::Human if cli.global.quiet => Ok(()),
+                Format::Human => print(&summary.render_human()),
             }
         }
         Command::Convert(args) if args.out_format.eq_ignore_ascii_case("onnx") => {

@@ -8,7 +8,23 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::manifest::toml_error;
+use crate::quant::Framework;
 use crate::{Error, Result};
+
+/// `framework = "..."`: a framework name as `--framework` takes it; anything else is an error
+/// (located by the TOML parser) that lists the frameworks.
+fn framework<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Framework>, D::Error> {
+    let name = String::deserialize(d)?;
+    Framework::parse(&name).map(Some).ok_or_else(|| {
+        let all: Vec<&str> = Framework::ALL.iter().map(|f| f.as_str()).collect();
+        serde::de::Error::custom(format!(
+            "unknown framework `{name}`: expected one of {}",
+            all.join(", ")
+        ))
+    })
+}
 
 /// `[package.metadata.edgeai]`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -27,6 +43,22 @@ pub struct EdgeaiMetadata {
     /// Quantization `cargo edgeai build` uses instead of the plan's choice (`Q8_0`, ...).
     #[serde(default)]
     pub quantization: Option<String>,
+    /// Only rules of this framework (`olive`, `onnxruntime`, `llama.cpp`, `mlx`, ...): the
+    /// plan's `--framework` for `cargo edgeai build`.
+    #[serde(default, deserialize_with = "framework")]
+    pub framework: Option<Framework>,
+    /// Sentences (one per line, relative to the package) that ONNX validation of a text model
+    /// tokenizes, instead of the built-in ones.
+    #[serde(default)]
+    pub validation_text: Option<PathBuf>,
+    /// A directory of `.npz`/`.npy` samples (relative to the package) that ONNX validation runs
+    /// a model without a tokenizer on (vision, audio).
+    #[serde(default)]
+    pub validation_inputs: Option<PathBuf>,
+    /// INT8 static calibration data for ONNX targets: a text file (text models) or a directory
+    /// of `.npz`/`.npy` samples, relative to the package; default: the validation text.
+    #[serde(default)]
+    pub calibration: Option<PathBuf>,
     /// Minisign secret key `cargo edgeai build` signs bundles with, relative to the package
     /// (overridden by `--key` and `EDGEAI_SIGNING_KEY`).
     #[serde(default)]
@@ -44,6 +76,9 @@ pub struct TargetOverride {
     /// Replaces the global `quantization` for this target.
     #[serde(default)]
     pub quantization: Option<String>,
+    /// Replaces the global `framework` for this target.
+    #[serde(default, deserialize_with = "framework")]
+    pub framework: Option<Framework>,
     /// Gates for this target: each key replaces the same key of the global `[gates]`.
     #[serde(default)]
     pub gates: Option<toml::Table>,
@@ -75,7 +110,7 @@ impl Project {
         }
     }
 
-    /// The project as target `name` sees it: the global `quantization` and `[gates]` with that
+    /// The project as target `name` sees it: the global `quantization`, `framework` and `[gates]` with that
     /// target's `[package.metadata.edgeai.target.<name>]` applied (gates merge key by key).
     /// Everything downstream reads `metadata.quantization`/`metadata.gates`, so applying the
     /// override here once keeps the per-target rule in one place.
@@ -84,6 +119,9 @@ impl Project {
         if let Some(o) = self.metadata.target.get(name) {
             if o.quantization.is_some() {
                 p.metadata.quantization = o.quantization.clone();
+            }
+            if o.framework.is_some() {
+                p.metadata.framework = o.framework;
             }
             if let Some(g) = &o.gates {
                 let mut merged = self.metadata.gates.clone().unwrap_or_default();
@@ -217,7 +255,7 @@ pub fn parse_edgeai_table(path: &Path, text: &str) -> Result<EdgeaiMetadata> {
     let shape: ManifestShape = toml::from_str(text).map_err(|e| {
         let mut err = toml_error(path, text, &e);
         if let Error::Toml { help, .. } = &mut err {
-            *help = "[package.metadata.edgeai] takes model, targets, targets-dir, quantization, signing-key, [gates] and [target.<name>] (quantization, [gates]); run `cargo edgeai init` in a fresh project to see a commented example".into();
+            *help = "[package.metadata.edgeai] takes model, targets, targets-dir, quantization, framework (llama.cpp, onnxruntime, olive, openvino, mlx, qnn), validation-text, validation-inputs, calibration, signing-key, [gates] and [target.<name>] (quantization, framework, [gates]); run `cargo edgeai init` in a fresh project to see a commented example".into();
         }
         err
     })?;
@@ -266,5 +304,32 @@ mod tests {
         let bad = "[package]\nname = \"a\"\n[package.metadata.edgeai.target.x]\nquantisation = \"Q8_0\"\n";
         let err = parse_edgeai_table(Path::new("Cargo.toml"), bad).unwrap_err();
         assert!(err.to_string().starts_with("Cargo.toml:4:1:"), "{err}");
+    }
+
+    #[test]
+    fn framework_is_parsed_globally_and_per_target() {
+        let text = "[package]\nname = \"a\"\n[package.metadata.edgeai]\nframework = \"onnxruntime\"\nvalidation-text = \"s.txt\"\n[package.metadata.edgeai.target.x]\nframework = \"olive\"\n";
+        let meta = parse_edgeai_table(Path::new("Cargo.toml"), text).unwrap();
+        assert_eq!(meta.framework, Some(Framework::OnnxRuntime));
+        assert_eq!(meta.validation_text.as_deref(), Some(Path::new("s.txt")));
+        let p = Project {
+            name: "a".into(),
+            version: "0.1.0".into(),
+            manifest_path: PathBuf::from("Cargo.toml"),
+            metadata: meta,
+        };
+        assert_eq!(p.for_target("x").metadata.framework, Some(Framework::Olive));
+        assert_eq!(
+            p.for_target("y").metadata.framework,
+            Some(Framework::OnnxRuntime)
+        );
+        let bad = "[package]\nname = \"a\"\n[package.metadata.edgeai.target.x]\nframework = \"tensorflow\"\n";
+        let err = parse_edgeai_table(Path::new("Cargo.toml"), bad).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("Cargo.toml:4:"), "{msg}");
+        assert!(
+            msg.contains("tensorflow") && msg.contains("olive") && msg.contains("llama.cpp"),
+            "{msg}"
+        );
     }
 }

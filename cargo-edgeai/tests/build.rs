@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{repo_root, stderr, stdout};
+use common::{llama_bin, repo_root, stderr, stdout};
 use serde_json::Value;
 
 /// The tests here each load both cores (cargo, llama.cpp); one at a time keeps their
@@ -26,55 +26,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The llama.cpp tools directory; fails the test when missing.
-fn llama_bin() -> PathBuf {
-    let dir = std::env::var_os("LLAMA_CPP_BIN")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?
-                .join("cargo-edgeai-ci");
-            let mut found: Vec<PathBuf> = std::fs::read_dir(cache)
-                .ok()?
-                .flatten()
-                .map(|e| e.path().join("bin"))
-                .filter(|b| b.join("llama-perplexity").is_file())
-                .collect();
-            found.sort();
-            found.pop()
-        })
-        .expect("llama.cpp tools not found: run scripts/build-llama-cpp.sh or set LLAMA_CPP_BIN");
-    assert!(
-        dir.join("llama-perplexity").is_file(),
-        "{} has no llama-perplexity",
-        dir.display()
-    );
-    dir
-}
-
 fn require_program(name: &str, package: &str) {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
         .unwrap_or(false);
     assert!(found, "`{name}` is missing: apt-get install {package}");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == "target" {
-            continue;
-        }
-        let dest = to.join(&name);
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), &dest).unwrap();
-        }
-    }
 }
 
 /// Gates the fixture's Q8_0 passes with a wide margin (measured: mean KLD 1.3e-5, top-1 1.0,
@@ -84,22 +40,11 @@ const GATES: &str = "max_kld = 0.0001\nmin_top1 = 0.99\nmax_ppl_ratio = 1.01\n";
 /// A copy of examples/hello-edge in `parent/name` whose model path points at the repository's
 /// fixture absolutely, quantized to `quantization`, with [`GATES`].
 fn hello_edge(parent: &Path, name: &str, quantization: &str) -> PathBuf {
-    let dir = parent.join(name);
-    copy_dir(&repo_root().join("examples/hello-edge"), &dir);
-    let manifest = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    let mut doc: toml_edit::DocumentMut = text.parse().unwrap();
-    let fixture = repo_root().join("fixtures/models/tiny-llama-f32");
-    let edgeai = doc["package"]["metadata"]["edgeai"]
-        .as_table_mut()
-        .expect("hello-edge has [package.metadata.edgeai]");
-    edgeai["model"] = toml_edit::value(fixture.display().to_string());
-    edgeai["quantization"] = toml_edit::value(quantization);
-    edgeai.remove("signing-key");
-    let gates: toml_edit::DocumentMut = GATES.parse().unwrap();
-    edgeai["gates"] = toml_edit::Item::Table(gates.as_table().clone());
-    std::fs::write(&manifest, doc.to_string()).unwrap();
-    dir
+    common::example_app("hello-edge", parent, name, |edgeai| {
+        edgeai["quantization"] = toml_edit::value(quantization);
+        let gates: toml_edit::DocumentMut = GATES.parse().unwrap();
+        edgeai["gates"] = toml_edit::Item::Table(gates.as_table().clone());
+    })
 }
 
 fn cmd(dir: &Path, args: &[&str]) -> Command {

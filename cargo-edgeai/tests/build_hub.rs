@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{repo_root, stderr, stdout};
+use common::{copy_dir, llama_bin, repo_root, stderr, stdout};
 use hub_server::{sha256_hex, HubServer, RepoFile};
 use serde_json::Value;
 
@@ -45,50 +45,6 @@ fn fixture_files() -> Vec<RepoFile> {
         .collect()
 }
 
-/// The llama.cpp tools directory; fails the test when missing.
-fn llama_bin() -> PathBuf {
-    let dir = std::env::var_os("LLAMA_CPP_BIN")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?
-                .join("cargo-edgeai-ci");
-            let mut found: Vec<PathBuf> = std::fs::read_dir(cache)
-                .ok()?
-                .flatten()
-                .map(|e| e.path().join("bin"))
-                .filter(|b| b.join("llama-perplexity").is_file())
-                .collect();
-            found.sort();
-            found.pop()
-        })
-        .expect("llama.cpp tools not found: run scripts/build-llama-cpp.sh or set LLAMA_CPP_BIN");
-    assert!(
-        dir.join("llama-perplexity").is_file(),
-        "{} has no llama-perplexity",
-        dir.display()
-    );
-    dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == "target" {
-            continue;
-        }
-        let dest = to.join(&name);
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), &dest).unwrap();
-        }
-    }
-}
-
 /// Set `model` (and optionally `quantization`) of the app in `dir`.
 fn set_model(dir: &Path, model: &str, quantization: Option<&str>) {
     let manifest = dir.join("Cargo.toml");
@@ -107,10 +63,10 @@ fn set_model(dir: &Path, model: &str, quantization: Option<&str>) {
 
 /// A copy of examples/hello-edge in `parent/name` with `model`.
 fn hello_edge(parent: &Path, name: &str, model: &str) -> PathBuf {
-    let dir = parent.join(name);
-    copy_dir(&repo_root().join("examples/hello-edge"), &dir);
-    set_model(&dir, model, Some("Q8_0"));
-    dir
+    common::example_app("hello-edge", parent, name, |edgeai| {
+        edgeai["model"] = toml_edit::value(model);
+        edgeai["quantization"] = toml_edit::value("Q8_0");
+    })
 }
 
 /// Where the user cache (and so the hub cache) of a test lives.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{repo_root, stderr, stdout};
+use common::{stderr, stdout};
 use serde_json::Value;
 
 const TARGET: &str = "apple-m2-16gb";
@@ -25,50 +25,22 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == "target" {
-            continue;
-        }
-        let dest = to.join(&name);
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), &dest).unwrap();
-        }
-    }
-}
-
 /// A copy of examples/hello-edge in `parent/name` with the model pointing at the fixture
 /// absolutely; `mlx_quantization` replaces the apple-m2-16gb override when given. The gates are
 /// hello-edge's own (the test checks the shipped example, not test-only gates).
 fn hello_edge(parent: &Path, name: &str, mlx_quantization: Option<&str>) -> PathBuf {
-    let dir = parent.join(name);
-    copy_dir(&repo_root().join("examples/hello-edge"), &dir);
-    let manifest = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    let mut doc: toml_edit::DocumentMut = text.parse().unwrap();
-    let fixture = repo_root().join("fixtures/models/tiny-llama-f32");
-    let edgeai = doc["package"]["metadata"]["edgeai"]
-        .as_table_mut()
-        .expect("hello-edge has [package.metadata.edgeai]");
-    edgeai["model"] = toml_edit::value(fixture.display().to_string());
-    edgeai.remove("signing-key");
-    let over = edgeai["target"][TARGET]
-        .as_table_mut()
-        .expect("hello-edge has [package.metadata.edgeai.target.apple-m2-16gb]");
-    assert!(
-        over.contains_key("gates"),
-        "hello-edge's apple-m2-16gb override has no gates"
-    );
-    if let Some(q) = mlx_quantization {
-        over["quantization"] = toml_edit::value(q);
-    }
-    std::fs::write(&manifest, doc.to_string()).unwrap();
-    dir
+    common::example_app("hello-edge", parent, name, |edgeai| {
+        let over = edgeai["target"][TARGET]
+            .as_table_mut()
+            .expect("hello-edge has [package.metadata.edgeai.target.apple-m2-16gb]");
+        assert!(
+            over.contains_key("gates"),
+            "hello-edge's apple-m2-16gb override has no gates"
+        );
+        if let Some(q) = mlx_quantization {
+            over["quantization"] = toml_edit::value(q);
+        }
+    })
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {

@@ -318,28 +318,14 @@ fn missing_model_and_missing_runtime_are_clear_errors() {
     );
 }
 
-/// ≥ 16 English sentences for the embedding comparison.
-const SENTENCES: &str = "The quick brown fox jumps over the lazy dog.
-A man is playing a guitar on the street corner.
-The weather forecast predicts heavy rain tomorrow afternoon.
-Edge devices run neural networks with limited memory.
-She bought fresh bread and cheese at the market.
-Quantization reduces model size by storing weights in fewer bits.
-The cat slept on the warm windowsill all day.
-Stock prices fell sharply after the announcement.
-Children were laughing in the park near the river.
-This license allows you to copy and distribute the software.
-A new study shows that regular exercise improves sleep.
-The train to the airport leaves every fifteen minutes.
-He repaired the old bicycle in his garage.
-Machine translation has improved a lot in recent years.
-The museum exhibits paintings from the nineteenth century.
-Please remember to turn off the lights when you leave.
-Volcanoes can erupt without much warning.
-The committee will publish its report next week.
-Fresh vegetables are cheaper in the summer.
-My phone battery drains quickly when the screen is bright.
-";
+/// The ONE sentence set of every MiniLM comparison (shared with tests/onnx_convert.rs): 20
+/// fixed, varied sentences (short, long, punctuation, numbers, URLs, non-ASCII scripts).
+const SENTENCES_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/onnx/sentences.txt");
+/// INT8 static calibration text: 32 other sentences (never the validation ones).
+const CALIBRATION_FILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/data/onnx/calibration.txt"
+);
 
 fn convert(ctx: &TestContext, model: &Path, out: &str, quant: &[&str]) {
     let mut args = vec![
@@ -357,14 +343,14 @@ fn convert(ctx: &TestContext, model: &Path, out: &str, quant: &[&str]) {
 }
 
 /// all-MiniLM-L6-v2: FP32 vs INT8 dynamic / INT8 static / INT4 sentence-embedding cosine over
-/// 20 sentences and a latency table, through `ort` from Rust (issue 8 acceptance); a
-/// `min_cosine` gate the INT4 model misses fails with exit 1 naming it.
+/// the 20 shared sentences, each sentence's cosine counted (the minimum is gated: >= 0.99 for
+/// INT8, >= 0.95 for INT4, issue 8 acceptance), and a latency table FP32 vs quantized through
+/// `ort` from Rust; a `min_cosine` gate the INT4 model misses fails with exit 1 naming it.
 #[test]
 fn minilm_quantizations_against_fp32() {
     let ctx = TestContext::new();
     let model = minilm_dir();
     let tokenizer = model.join("tokenizer.json");
-    ctx.write("sentences.txt", SENTENCES);
     convert(&ctx, &model, "fp32.onnx", &[]);
     convert(
         &ctx,
@@ -376,7 +362,7 @@ fn minilm_quantizations_against_fp32() {
         &ctx,
         &model,
         "int8-static.onnx",
-        &["--quant", "int8-static", "--calibration", "sentences.txt"],
+        &["--quant", "int8-static", "--calibration", CALIBRATION_FILE],
     );
     convert(
         &ctx,
@@ -385,8 +371,11 @@ fn minilm_quantizations_against_fp32() {
         &["--quant", "int4", "--block", "32"],
     );
     let tok = tokenizer.display().to_string();
-    let mut table = String::from("\nMiniLM on ONNX Runtime (CPU EP), 20 sentences\nmodel          cosine mean  cosine min   p50 ms   p95 ms   peak RSS MiB\n");
+    let mut table = String::from(
+        "\nall-MiniLM-L6-v2 on ONNX Runtime (CPU EP, through `ort` from Rust), 20 sentences, one per run\nmodel          cosine mean  cosine min   p50 ms   p95 ms   peak RSS MiB   size MB\n",
+    );
     let mut fp32_line = None;
+    let mut failures = Vec::new();
     for (q, min) in [
         ("int8-dynamic", 0.99),
         ("int8-static", 0.99),
@@ -399,11 +388,11 @@ fn minilm_quantizations_against_fp32() {
             "--reference",
             "fp32.onnx",
             "--text",
-            "sentences.txt",
+            SENTENCES_FILE,
             "--tokenizer",
             &tok,
             "--runs",
-            "30",
+            "50",
             "--format",
             "json",
         ]);
@@ -411,31 +400,42 @@ fn minilm_quantizations_against_fp32() {
         let r = json(&o);
         let e = &r["embedding"];
         assert_eq!(e["sentences"], 20);
-        let cos = e["cosine_mean"].as_f64().unwrap();
+        let cos_min = e["cosine_min"].as_f64().unwrap();
         let l = &r["latency"];
         let m = &r["memory"];
+        let mb = |i: usize| {
+            r[if i == 0 { "candidate" } else { "reference" }]["size_bytes"]
+                .as_f64()
+                .unwrap()
+                / 1e6
+        };
         table.push_str(&format!(
-            "{q:<14} {cos:>11.5} {:>11.5} {:>8.2} {:>8.2} {:>12.1}\n",
-            e["cosine_min"].as_f64().unwrap(),
+            "{q:<14} {:>11.5} {cos_min:>11.5} {:>8.2} {:>8.2} {:>14.1} {:>9.1}\n",
+            e["cosine_mean"].as_f64().unwrap(),
             l[0]["p50_ms"].as_f64().unwrap(),
             l[0]["p95_ms"].as_f64().unwrap(),
-            m[0]["peak_rss_bytes"].as_f64().unwrap() / 1048576.0
+            m[0]["peak_rss_bytes"].as_f64().unwrap() / 1048576.0,
+            mb(0)
         ));
         fp32_line.get_or_insert_with(|| {
             format!(
-                "{:<14} {:>11} {:>11} {:>8.2} {:>8.2} {:>12.1}\n",
+                "{:<14} {:>11} {:>11} {:>8.2} {:>8.2} {:>14.1} {:>9.1}\n",
                 "fp32",
                 "1",
                 "1",
                 l[1]["p50_ms"].as_f64().unwrap(),
                 l[1]["p95_ms"].as_f64().unwrap(),
-                m[1]["peak_rss_bytes"].as_f64().unwrap() / 1048576.0
+                m[1]["peak_rss_bytes"].as_f64().unwrap() / 1048576.0,
+                mb(1)
             )
         });
-        assert!(cos >= min, "{q}: embedding cosine {cos} < {min}");
+        if cos_min < min {
+            failures.push(format!("{q}: lowest sentence cosine {cos_min} < {min}"));
+        }
     }
     table.push_str(&fp32_line.unwrap_or_default());
     println!("{table}");
+    assert!(failures.is_empty(), "{failures:?}");
 
     // A project gate INT4 misses.
     ctx.cargo_project(".", "[package.metadata.edgeai.gates]\nmin_cosine = 0.999\n");
@@ -446,7 +446,7 @@ fn minilm_quantizations_against_fp32() {
         "--reference",
         "fp32.onnx",
         "--text",
-        "sentences.txt",
+        SENTENCES_FILE,
         "--tokenizer",
         &tok,
         "--runs",
@@ -517,83 +517,15 @@ fn onnxruntime_plans_name_the_execution_provider() {
     assert_eq!(json(&o)["execution_provider"], "CPUExecutionProvider");
 }
 
-const VAD_SAMPLES: &str = r#"
-import os, sys, numpy as np
-out = sys.argv[1]
-rng = np.random.default_rng(1)
-t = np.arange(512) / 16000
-for i in range(24):
-    tone = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) * (i % 2)
-    sig = (tone + 0.05 * rng.standard_normal(512)).astype(np.float32)[None]
-    d = f"{out}/{'cal' if i < 16 else 'inputs'}"
-    os.makedirs(d, exist_ok=True)
-    np.savez(f"{d}/s{i:02}.npz", input=sig, state=np.zeros((2, 1, 128), np.float32),
-             sr=np.array(16000, np.int64))
-"#;
-
-/// silero-vad (PyPI `silero-vad`): INT8 static with generated audio as calibration, validated
-/// against FP32 on other generated frames (a scalar int64 input, a recurrent state output).
-#[test]
-fn silero_vad_int8_static_output_agreement() {
-    let home = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_default();
-    let model = home.join("cargo-edgeai-ci/models/silero_vad/data/silero_vad_16k_op15.onnx");
-    assert!(
-        model.is_file(),
-        "{} is missing: run scripts/fetch-test-models.sh (CI does)",
-        model.display()
-    );
-    let ctx = TestContext::new();
-    let script = ctx.write("vad.py", VAD_SAMPLES);
-    assert_exit(
-        &Command::new(ort_python())
-            .arg(&script)
-            .arg(ctx.dir.path())
-            .output()
-            .unwrap(),
-        0,
-    );
-    convert(&ctx, &model, "vad-fp32.onnx", &[]);
-    convert(
-        &ctx,
-        &model,
-        "vad-int8.onnx",
-        &["--quant", "int8-static", "--calibration", "cal"],
-    );
-    let o = ctx.run(&[
-        "validate",
-        "--model",
-        "vad-int8.onnx",
-        "--reference",
-        "vad-fp32.onnx",
-        "--inputs",
-        "inputs",
-        "--runs",
-        "20",
-        "--format",
-        "json",
-    ]);
-    assert_exit(&o, 0);
-    let r = json(&o);
-    assert_eq!(r["inputs"]["samples"], 8);
-    let outs = r["outputs"].as_array().unwrap();
-    let prob = outs.iter().find(|o| o["name"] == "output").unwrap();
-    println!("silero-vad INT8 static vs FP32: {prob}");
-    // Speech probabilities agree to within a few hundredths.
-    assert!(prob["max_abs_error"].as_f64().unwrap() < 0.05, "{prob}");
-    assert!(prob["cosine_mean"].as_f64().unwrap() > 0.9, "{prob}");
-    assert!(outs.iter().any(|o| o["name"] == "stateN"));
-}
-
 /// The built-in WordPiece tokenizer gives the Hugging Face `tokenizers` library's ids on
 /// MiniLM's tokenizer.json (the library from the onnxruntime toolchain is the reference).
 #[test]
 fn wordpiece_matches_hf_tokenizers() {
     let tokenizer = minilm_dir().join("tokenizer.json");
     let extra = "Don't panic: 3.14159 is π, naïve café ÉCOLE — ok?!\nunaffable antidisestablishmentarianism 東京 co-operate e-mail\n";
-    let text = format!("{SENTENCES}{extra}");
+    let sentences = std::fs::read_to_string(SENTENCES_FILE).unwrap();
+    let calibration = std::fs::read_to_string(CALIBRATION_FILE).unwrap();
+    let text = format!("{sentences}{calibration}{extra}");
     let ctx = TestContext::new();
     let file = ctx.write("text.txt", &text);
     let script = ctx.write(

@@ -2,7 +2,7 @@
 //!
 //! For each target: resolve the model (local path or `hf://`), make the plan, run the plan's
 //! framework steps (llama.cpp: convert → quantize → validate; MLX: convert → validate with
-//! mlx-lm), build
+//! mlx-lm; ONNX Runtime / Olive: export → quantize → validate on ONNX Runtime), build
 //! the app for the target's triple, write the deterministic bundle and sign it. Every step goes
 //! through the [`StepCache`] and the whole build holds the [`BuildLock`], so
 //!
@@ -20,6 +20,7 @@
 mod inputs;
 mod llama;
 mod mlx;
+mod onnx;
 mod package;
 
 use std::collections::BTreeMap;
@@ -135,7 +136,7 @@ impl BuildOutcome {
             ));
             for step in &t.steps {
                 s.push_str(&format!(
-                    "  {:<10} {:<7} {:>7.2} s  {}\n",
+                    "  {:<14} {:<7} {:>7.2} s  {}\n",
                     step.step,
                     if step.cached { "cached" } else { "ran" },
                     step.seconds,
@@ -269,7 +270,7 @@ impl Progress {
     fn done(&self, target: &str, step: &StepOutcome) {
         if let Some(bar) = &self.bar {
             bar.println(format!(
-                "  {target}: {:<10} {:<7} {:>6.2} s  {}",
+                "  {target}: {:<14} {:<7} {:>6.2} s  {}",
                 step.step,
                 if step.cached { "cached" } else { "ran" },
                 step.seconds,
@@ -453,6 +454,8 @@ fn build_target(
     let started = Instant::now();
     let facts = crate::facts::read_model_facts(&model.path)?;
     let options = PlanOptions {
+        // `framework = "..."` in [package.metadata.edgeai] (or the target's table).
+        framework: ctx.project.metadata.framework,
         quantization: ctx.project.metadata.quantization.clone(),
         measured_quantization: if ctx.project.metadata.quantization.is_some() {
             None
@@ -466,7 +469,22 @@ fn build_target(
         ..PlanOptions::default()
     };
     let model_ref = model.path.display().to_string();
-    let plan = make_plan(target, &facts, &model_ref, matrix, &options)?;
+    let plan = make_plan(target, &facts, &model_ref, matrix, &options).map_err(|e| {
+        match (e, options.framework) {
+            // The framework came from Cargo.toml, not from a --framework flag: say so.
+            (Error::Usage { message, .. }, Some(f)) => Error::Usage {
+                message: format!(
+                    "{message} (framework = \"{f}\" in {})",
+                    ctx.project.manifest_path.display()
+                ),
+                help: format!(
+                    "change or remove `framework` in [package.metadata.edgeai.target.{}] or [package.metadata.edgeai]; `cargo edgeai plan --target {} --framework NAME` shows what each framework would plan",
+                    target.name, target.name
+                ),
+            },
+            (e, _) => e,
+        }
+    })?;
     ctx.record(
         "plan",
         true,
@@ -477,13 +495,16 @@ fn build_target(
     let artifacts = match plan.framework {
         Framework::LlamaCpp => llama::run(ctx, target, &plan, &facts, &model)?,
         Framework::Mlx => mlx::run(ctx, target, &plan, &facts, &model)?,
+        Framework::OnnxRuntime | Framework::Olive => {
+            onnx::run(ctx, target, &plan, &facts, &model)?
+        }
         other => {
             return Err(Error::Usage {
                 message: format!(
                     "target `{}` plans framework {other}, which `cargo edgeai build` does not run yet",
                     target.name
                 ),
-                help: "pick a target whose plan is llama.cpp (`cargo edgeai plan --target NAME`), or set `quantization` in [package.metadata.edgeai] to a llama.cpp type".into(),
+                help: format!("pick a target whose plan is llama.cpp, MLX, onnxruntime or olive (`cargo edgeai plan --target NAME`), or set `framework` in [package.metadata.edgeai.target.{}] to one of those", target.name),
             })
         }
     };

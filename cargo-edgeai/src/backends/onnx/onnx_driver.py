@@ -135,6 +135,9 @@ def read_safetensors(path):
 
 def export_bert(model_dir, out_path):
     cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise UserError("the model directory has no config.json",
+                        "pass a Hugging Face model directory (config.json + *.safetensors) or an .onnx file", model_dir)
     cfg = json.loads(cfg_path.read_text())
     mtype = cfg.get("model_type")
     if mtype != "bert":
@@ -273,6 +276,32 @@ def find_tokenizer(req, model_path):
     return None
 
 
+def tokenize_lines(tok_path, lines, by_name, origin, max_length=128):
+    """One sample per line, unpadded (batch 1), as an embedding service feeds the model."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(tok_path))
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    out = []
+    for n, line in enumerate(lines, 1):
+        enc = tok.encode(line)
+        feed = {"input_ids": np.array([enc.ids], np.int64),
+                "attention_mask": np.array([enc.attention_mask], np.int64),
+                "token_type_ids": np.array([enc.type_ids], np.int64)}
+        out.append((f"{origin}:{n}", {k: v for k, v in feed.items() if k in by_name}))
+    return out
+
+
+def probe_samples(req, inputs, model_path):
+    """INT8 dynamic without --calibration: PROBE_TEXT for a text model, else None."""
+    by_name = {i["name"]: i for i in inputs}
+    tok_path = find_tokenizer(req, model_path)
+    if tok_path is None or "input_ids" not in by_name or not set(by_name) <= {"input_ids", "attention_mask", "token_type_ids"}:
+        return None
+    lines = [l.strip() for l in PROBE_TEXT.splitlines() if l.strip()]
+    return tokenize_lines(tok_path, lines, by_name, "built-in probe text")
+
+
 def load_calibration(req, inputs, model_path):
     cal = Path(req["calibration"])
     by_name = {i["name"]: i for i in inputs}
@@ -287,20 +316,11 @@ def load_calibration(req, inputs, model_path):
         if "input_ids" not in by_name:
             raise UserError(f"a text calibration file needs a model input `input_ids`; the model's inputs are {sorted(by_name)}",
                             "pass a folder of .npz/.npy files keyed by the model's input names", cal)
-        from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(str(tok_path))
-        tok.no_padding()
-        tok.enable_truncation(int(req.get("max_length", 128)))
         try:
             lines = [l.strip() for l in cal.read_text(encoding="utf-8").splitlines() if l.strip()]
         except UnicodeDecodeError:
             raise UserError("calibration text is not UTF-8", "pass a UTF-8 text file, one sample per line, or a folder of .npz files", cal)
-        for n, line in enumerate(lines, 1):
-            enc = tok.encode(line)
-            feed = {"input_ids": np.array([enc.ids], np.int64),
-                    "attention_mask": np.array([enc.attention_mask], np.int64),
-                    "token_type_ids": np.array([enc.type_ids], np.int64)}
-            samples.append((f"{cal}:{n}", {k: v for k, v in feed.items() if k in by_name}))
+        samples.extend(tokenize_lines(tok_path, lines, by_name, str(cal), int(req.get("max_length", 128))))
     elif cal.is_dir():
         for f in sorted(cal.iterdir()):
             if f.suffix == ".npz":
@@ -370,10 +390,50 @@ SCHEME_OPS = {
     "int4": ("MatMul",),
 }
 WEIGHT_INPUT = {"MatMul": 1, "Conv": 1, "ConvTranspose": 1, "Gemm": 1}
-# Static INT8: an activation whose calibrated peak is more than this many times its RMS (GELU
-# outputs feeding a transformer's FFN down-projection) loses too much at 8 bits per tensor; the
-# node reading it is kept FP32 and listed. 24 keeps MiniLM's cosine >= 0.99 (measured).
+# INT8 (static and dynamic): an activation whose peak is more than this many times its RMS over
+# the calibration/probe samples (GELU outputs feeding a transformer's FFN projections) loses too
+# much at 8 bits per tensor (the step is ~2*peak/255): the node reading it is kept FP32 and listed.
 OUTLIER_RATIO = 24.0
+# Accuracy-aware mixed precision (as Olive's and Neural Compressor's accuracy-driven tuning):
+# after the outlier rule, while the worst cosine of any float output vs FP32 over the samples is
+# below ACCURACY_TARGET, the nodes that cost most when quantized alone stay FP32 too, at most
+# MAX_KEPT_FRACTION of the candidates. Measured on the calibration/probe samples only, never on
+# validation data.
+ACCURACY_TARGET = 0.99
+# INT4 (weight-only): the sensitive MatMuls get 8-bit blocks (MatMulNBits bits=8) instead of 4,
+# as llama.cpp's Q4_K_M mixture gives attn_v/ffn_down more bits; target on the probe samples
+# above the 0.95 acceptance gate because probe text never covers every input.
+ACCURACY_TARGET_INT4 = 0.97
+MAX_KEPT_FRACTION = 0.6
+SENSITIVITY_SAMPLES = 24
+# INT8 dynamic has no calibration data; for a text model (input_ids + tokenizer.json) without
+# --calibration these sentences probe activation ranges and sensitivity: varied length, casing,
+# punctuation, numbers and scripts, as real queries are.
+PROBE_TEXT = """yes
+Thanks a lot!
+Where is the nearest train station?
+What's the difference between a virus and a bacterium?
+The meeting was moved from Tuesday to Thursday at 10:30.
+Our Q3 revenue rose 8.4% to $12.1 million, beating forecasts.
+Order #55321 shipped on 2023-11-02 via DHL (tracking: 1Z999AA10123456784).
+LOL... that's hilarious!!! :)
+Please don't forget to water the plants -- they're very dry.
+Résumé writing tips: keep it short, clear and honest.
+Müller and Søren met at the Café de Flore in Paris.
+Il pleut depuis trois jours et la rivière a débordé.
+La reunión empieza a las ocho y media de la mañana.
+Ich möchte bitte zwei Brötchen und einen Kaffee.
+今日はとても暑いです。
+Добрый вечер, как прошёл твой день?
+The mitochondria is the powerhouse of the cell.
+Photosynthesis converts light energy into chemical energy stored in glucose.
+A dog chased the ball across the wet grass and into the pond.
+The judge dismissed the case because the evidence had been obtained without a warrant.
+Install the package with pip, then import it and call the main function with your config file.
+After years of drought the farmers finally saw rain, and the whole valley turned green within a few weeks, bringing back birds, insects and hope for a better harvest than anyone had expected.
+The new smartphone features a larger battery, a brighter display, a faster processor and three cameras, yet it weighs less than last year's model and costs about the same.
+Although the bridge was designed to withstand earthquakes of magnitude seven, engineers recommended additional inspections after the recent tremors damaged several nearby buildings and roads.
+"""
 
 
 def weight_nodes(model, scheme):
@@ -425,6 +485,147 @@ class Reader:
         return next(self.it, None)
 
 
+def float_outputs(session, feeds):
+    """Every float output of every sample, flattened as float64."""
+    names = [o.name for o in session.get_outputs() if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)")]
+    return [[np.asarray(o, np.float64).ravel() for o in session.run(names, f)] for f in feeds], names
+
+
+def worst_cosine(session, feeds, refs, names):
+    """Lowest cosine vs FP32 of any float output of any sample (1.0 for two zero outputs)."""
+    worst = 1.0
+    for f, ref in zip(feeds, refs):
+        for o, r in zip(session.run(names, f), ref):
+            o = np.asarray(o, np.float64).ravel()
+            na, nb = np.linalg.norm(o), np.linalg.norm(r)
+            c = 1.0 if na == 0 and nb == 0 else (float(o @ r / (na * nb)) if na > 0 and nb > 0 else 0.0)
+            worst = min(worst, c)
+    return worst
+
+
+class Quantizer:
+    """One INT8 scheme with a fixed recipe; `model(nodes, out)` quantizes exactly `nodes`.
+    Static: activation ranges are calibrated once (MinMax) and reused for every node subset
+    through onnxruntime's calibration cache."""
+
+    def __init__(self, scheme, pre, samples, external, work, block=32, symmetric=False, candidates=()):
+        self.scheme, self.pre, self.external, self.samples = scheme, pre, external, samples
+        self.cache = work / "calibration-cache.json"
+        self.block, self.symmetric, self.candidates = block, symmetric, list(candidates)
+        self.work = work
+        self.target = ACCURACY_TARGET_INT4 if scheme == "int4" else ACCURACY_TARGET
+
+    def nbits(self, src, out, nodes, bits):
+        """MatMulNBits on exactly `nodes` (nodes_to_include only adds to the op types, so every
+        other MatMul is excluded by name)."""
+        from onnxruntime.quantization import QuantFormat
+        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+        m = onnx.load(str(src))
+        others = [n.name for g in all_graphs(m.graph) for n in g.node if n.op_type == "MatMul" and n.name not in set(nodes)]
+        cfg = DefaultWeightOnlyQuantConfig(block_size=self.block, is_symmetric=self.symmetric, accuracy_level=None,
+                                           quant_format=QuantFormat.QOperator, op_types_to_quantize=("MatMul",), bits=bits)
+        q = MatMulNBitsQuantizer(m, block_size=self.block, is_symmetric=self.symmetric, op_types_to_quantize=("MatMul",),
+                                 nodes_to_exclude=others, algo_config=cfg)
+        q.process()
+        q.model.save_model_to_file(str(out), use_external_data_format=self.external)
+
+    def model(self, nodes, out, alone=False):
+        """Quantize `nodes`; INT4: the other candidates get 8-bit blocks unless `alone`."""
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+        if self.scheme == "int4":
+            rest = [n for n in self.candidates if n not in set(nodes)]
+            if alone or not rest:
+                self.nbits(self.pre, out, nodes, 4)
+            else:
+                mid = self.work / "int4-pass.onnx"
+                self.nbits(self.pre, mid, nodes, 4)
+                self.nbits(mid, out, rest, 8)
+        elif self.scheme == "int8-dynamic":
+            # Per-channel weights: per-tensor INT8 weights cost MiniLM 0.03 of cosine (0.957 min).
+            # reduce_range (7-bit weights against u8s8 saturation on CPUs without VNNI) measured
+            # worse on MiniLM on an AVX2 host (min 0.9646 vs 0.9695): off.
+            quantize_dynamic(str(self.pre), str(out), weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
+                             nodes_to_quantize=list(nodes), use_external_data_format=self.external)
+        else:
+            quantize_static(str(self.pre), str(out), Reader(self.samples), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            reduce_range=False, calibrate_method=CalibrationMethod.MinMax,
+                            calibration_cache_path=str(self.cache),
+                            nodes_to_quantize=list(nodes), use_external_data_format=self.external,
+                            # Symmetric per-channel weights (zero point 0, what int8 kernels
+                            # want), asymmetric uint8 activations (ActivationSymmetric measured
+                            # 0.977 vs 0.986 min on MiniLM).
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        return out
+
+
+def accuracy_search(quantizer, pre, candidates, samples, work):
+    """Nodes to keep FP32 so that the worst output cosine over `samples` reaches ACCURACY_TARGET:
+    the fewest of the most sensitive ones (each node's cost measured quantizing it alone)."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    feeds = [f for _, f in samples]
+    ref, names = float_outputs(ort.InferenceSession(str(pre), so, providers=["CPUExecutionProvider"]), feeds)
+    probe = work / "probe.onnx"
+
+    target = quantizer.target
+
+    def score(nodes, k=len(feeds), alone=False):
+        quantizer.model(nodes, probe, alone=alone)
+        s = ort.InferenceSession(str(probe), so, providers=["CPUExecutionProvider"])
+        return worst_cosine(s, feeds[:k], ref[:k], names)
+
+    full = score(candidates)
+    result = {"metric": "lowest cosine vs FP32 of any float output over the samples", "target": target,
+              "samples": len(feeds), "all_candidates_quantized": round(full, 6)}
+    if full >= target or not names:
+        result.update(achieved=round(full, 6), met=full >= target)
+        return {}, result
+    # Fewer samples for the per-node costs (a ranking), all of them for the decisions; `alone`:
+    # just that node quantized (INT4: the others FP32, not 8-bit).
+    k = min(len(feeds), SENSITIVITY_SAMPLES)
+    cost = sorted(((1.0 - score([n], k, alone=True), n) for n in candidates), reverse=True)
+    limit = max(1, int(MAX_KEPT_FRACTION * len(candidates)))
+    # Smallest k (binary search; the score is close to monotone in k) that meets the target.
+    lo, hi, best = 1, limit, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        kept = {n for _, n in cost[:mid]}
+        sc = score([n for n in candidates if n not in kept])
+        if sc >= target:
+            best, hi = (mid, sc), mid - 1
+        else:
+            lo = mid + 1
+    if best is None:
+        kept = {n for _, n in cost[:limit]}
+        best = (limit, score([n for n in candidates if n not in kept]))
+    kept = {n: round(c, 6) for c, n in cost[:best[0]]}
+    result.update(achieved=round(best[1], 6), met=best[1] >= target)
+    return kept, result
+
+
+def select_fp32_nodes(quantizer, pre, candidates, samples, work):
+    """The INT8 mixed-precision choice: (outlier nodes {name: peak/RMS}, sensitive nodes
+    {name: cost}, accuracy dict or None, note or None). Without samples nothing is kept FP32."""
+    if not samples:
+        return {}, {}, None, None
+    kept_float, note = {}, None
+    ratios = activation_outliers(pre, candidates, samples)
+    for n in candidates:
+        r = ratios.get(n.input[0], 0.0)
+        if r > OUTLIER_RATIO:
+            kept_float[n.name] = round(r, 1)
+    rest = [n.name for n in candidates if n.name not in kept_float]
+    if not rest:
+        # Every candidate has outliers: keeping all FP32 would be no quantization at all (and
+        # onnxruntime reads an empty node list as "all"): quantize them, say so.
+        rest, kept_float = [n.name for n in candidates], {}
+        note = "every candidate has activation outliers: quantized all"
+    kept_sensitive, accuracy = accuracy_search(quantizer, pre, rest, samples, work)
+    return kept_float, kept_sensitive, accuracy, note
+
+
 def quantize(req, src_path, work):
     import onnxruntime
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -434,7 +635,7 @@ def quantize(req, src_path, work):
     src = onnx.load(str(src_path))
     external = any(t.data_location == TensorProto.EXTERNAL for t in all_tensors(onnx.load(str(src_path), load_external_data=False)))
     inputs = model_inputs(src)
-    samples = load_calibration(req, inputs, src_path) if scheme == "int8-static" else None
+    samples = load_calibration(req, inputs, src_path) if req.get("calibration") else None
 
     # onnxruntime's recommended preprocessing: symbolic shape inference + graph optimisation.
     pre = work / "pre.onnx"
@@ -462,33 +663,35 @@ def quantize(req, src_path, work):
             "or export the model without control flow",
             Path(req["model"]))
     kept_float = {}
-    if scheme == "int8-static":
-        ratios = activation_outliers(pre, candidates, samples)
-        for n in candidates:
-            r = ratios.get(n.input[0], 0.0)
-            if r > OUTLIER_RATIO:
-                kept_float[n.name] = round(r, 1)
-    nodes = [n.name for n in candidates if n.name not in kept_float]
+    kept_sensitive = {}
+    accuracy = None
+    probe_source = None
+    if samples:
+        probe_source = "calibration data"
+    elif scheme in ("int8-dynamic", "int4"):
+        probe = probe_samples(req, inputs, src_path)
+        if probe:
+            samples, probe_source = probe, "built-in probe text (PROBE_TEXT)"
     out = work / "quant.onnx"
     t0 = time.time()
-    if scheme == "int8-dynamic":
-        # Per-channel weights: per-tensor INT8 weights cost MiniLM 0.03 of cosine (0.957 min).
-        quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=True,
-                         nodes_to_quantize=nodes, use_external_data_format=external)
-    elif scheme == "int8-static":
-        quantize_static(str(pre), str(out), Reader(samples), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        nodes_to_quantize=nodes, use_external_data_format=external,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    if scheme in ("int8-dynamic", "int8-static"):
+        quantizer = Quantizer(scheme, pre, samples, external, work)
+        kept_float, kept_sensitive, accuracy, note = select_fp32_nodes(quantizer, pre, candidates, samples, work)
+        if accuracy:
+            accuracy["source"] = probe_source
+        if note:
+            pre_note = (pre_note + "; " if pre_note else "") + note
+        nodes = [n.name for n in candidates if n.name not in kept_float and n.name not in kept_sensitive]
+        quantizer.model(nodes, out)
     else:
-        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-        block, sym = int(req["block"]), bool(req["symmetric"])
-        cfg = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=sym, accuracy_level=None,
-                                           quant_format=QuantFormat.QOperator, op_types_to_quantize=("MatMul",))
-        q = MatMulNBitsQuantizer(onnx.load(str(pre)), block_size=block, is_symmetric=sym,
-                                 op_types_to_quantize=("MatMul",), nodes_to_include=nodes, algo_config=cfg)
-        q.process()
-        q.model.save_model_to_file(str(out), use_external_data_format=external)
+        names = [n.name for n in candidates]
+        quantizer = Quantizer(scheme, pre, samples, external, work, block=int(req["block"]),
+                              symmetric=bool(req["symmetric"]), candidates=names)
+        if samples:
+            kept_sensitive, accuracy = accuracy_search(quantizer, pre, names, samples, work)
+            accuracy["source"] = probe_source
+        nodes = [n for n in names if n not in kept_sensitive]
+        quantizer.model(nodes, out)
     seconds = time.time() - t0
 
     qm = onnx.load(str(out))
@@ -498,13 +701,51 @@ def quantize(req, src_path, work):
         raise UserError(f"{scheme} quantized nothing in this model ({len(nodes)} candidate nodes were refused by onnxruntime)",
                         "pick another scheme, or check the model with `cargo edgeai inspect`", Path(req["model"]))
     unq = unquantized_weight_ops(qm)
+    ops = {n.name: n.op_type for n in candidates}
+    recipe = None
+    if scheme == "int4":
+        recipe = {
+            "weights": f"int4 blocks of {req['block']}, {'symmetric' if req['symmetric'] else 'asymmetric'} (MatMulNBits, RTN)",
+            "activations": "float32",
+            "probe_samples": len(samples) if samples else 0,
+            "probe_source": probe_source,
+            "kept_int8": [{"node": n, "op": ops.get(n, "?"),
+                           "reason": f"accuracy search: 4-bit alone it lowers the worst output cosine by {c:.4f}; 8-bit blocks instead"}
+                          for n, c in kept_sensitive.items()],
+            "accuracy": accuracy,
+        }
+    if scheme in ("int8-dynamic", "int8-static"):
+        recipe = {
+            "weights": "int8, symmetric, per output channel",
+            "activations": ("uint8, asymmetric, per tensor, range computed at run time" if scheme == "int8-dynamic"
+                            else f"uint8, asymmetric, per tensor, MinMax ranges from {len(samples)} calibration samples (QDQ)"),
+            "reduce_range": False,
+            "op_types": list(SCHEME_OPS[scheme]),
+            "calibration_method": "MinMax" if scheme == "int8-static" else None,
+            # onnxruntime's Percentile/Entropy collectors stack all samples into one array: they
+            # fail on variable-length text samples, and clip the outliers BERT needs anyway.
+            "probe_samples": len(samples) if samples else 0,
+            "probe_source": probe_source,
+            "kept_fp32": [{"node": n, "op": ops.get(n, "?"), "reason": f"activation peak/RMS {r} > {OUTLIER_RATIO:g}"}
+                          for n, r in kept_float.items()]
+                         + [{"node": n, "op": ops.get(n, "?"),
+                             "reason": f"accuracy search: quantized alone it lowers the worst output cosine by {c:.4f}"}
+                            for n, c in kept_sensitive.items()],
+            "accuracy": accuracy,
+            "why": "8-bit per-tensor activations cannot hold outlier channels (a transformer's FFN inputs): nodes "
+                   "whose input has outliers, then the most sensitive ones (measured on the calibration/probe "
+                   "samples, never on validation data), stay FP32 until the worst output cosine reaches the target",
+        }
     return out, {
+        "recipe": recipe,
+        "kept_float_sensitive": kept_sensitive if scheme != "int4" else {},
+        "kept_int8_sensitive": kept_sensitive if scheme == "int4" else {},
         "quantized_nodes": len(nodes),
         "quantized_op_counts": dict(sorted(quantized.items())),
         "unquantized_weight_ops": {k: {"count": len(v), "nodes": v[:8]} for k, v in sorted(unq.items())},
         "kept_float_outliers": kept_float,
         "scheme_op_types": list(SCHEME_OPS[scheme]),
-        "calibration_samples": len(samples) if samples else 0,
+        "calibration_samples": len(samples) if samples and scheme == "int8-static" else 0,
         "preprocess": pre_note or "quant_pre_process (symbolic shape inference + optimisation)",
         "quantize_seconds": round(seconds, 3),
         "onnxruntime": onnxruntime.__version__,
