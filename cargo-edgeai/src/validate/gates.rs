@@ -248,6 +248,12 @@ pub fn fmt_num(v: f64) -> String {
     if v == 0.0 || (v.abs() >= 0.001 && v.abs() < 1e6) {
         let s = format!("{v:.6}");
         let s = s.trim_end_matches('0').trim_end_matches('.');
+        // A threshold such as 0.99999999 must not read as `1`: when six decimals lose the
+        // value and its shortest exact form is still short, show that form.
+        let exact = v.to_string();
+        if s.parse::<f64>() != Ok(v) && exact.len() <= 12 {
+            return exact;
+        }
         s.to_string()
     } else {
         format!("{v:.4e}")
@@ -257,6 +263,14 @@ pub fn fmt_num(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thresholds_keep_their_digits() {
+        assert_eq!(fmt_num(0.99999999), "0.99999999");
+        assert_eq!(fmt_num(0.99), "0.99");
+        assert_eq!(fmt_num(0.998471234567), "0.998471");
+        assert_eq!(fmt_num(1e-4), "1.0000e-4");
+    }
 
     #[test]
     fn project_overrides_target_and_percentages_are_refused() {
