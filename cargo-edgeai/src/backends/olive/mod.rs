@@ -272,21 +272,7 @@ fn check_options(input: &Path, out: &Path, opts: &OliveOptions) -> Result<()> {
             "Olive quantizes ONNX models here: export the model first with `cargo edgeai convert MODEL --format onnx -o MODEL.onnx`",
         ));
     }
-    let int4 = opts.quant == OnnxQuant::Int4;
-    if !int4 && (opts.block.is_some() || opts.symmetric) {
-        return Err(Error::Usage {
-            message: "block size and symmetric apply to int4 only".into(),
-            help: "drop them, or quantize to int4".into(),
-        });
-    }
-    if let Some(b) = opts.block {
-        if ![32, 64, 128].contains(&b) {
-            return Err(Error::Usage {
-                message: format!("INT4 block size {b} is not supported"),
-                help: "use a block size of 32, 64 or 128".into(),
-            });
-        }
-    }
+    crate::backends::onnx::check_int4_options(Some(opts.quant), opts.block, opts.symmetric)?;
     match (opts.quant, &opts.calibration) {
         (OnnxQuant::Int8Static, None) => {
             return Err(Error::Usage {

@@ -168,6 +168,30 @@ struct DriverError {
     path: Option<String>,
 }
 
+/// `--block` and `--symmetric` belong to INT4, and INT4 blocks are 32, 64 or 128 wide (the
+/// MatMulNBits kernels' sizes). Shared by the onnxruntime and Olive paths.
+pub(crate) fn check_int4_options(
+    quant: Option<OnnxQuant>,
+    block: Option<usize>,
+    symmetric: bool,
+) -> Result<()> {
+    if quant != Some(OnnxQuant::Int4) && (block.is_some() || symmetric) {
+        return Err(Error::Usage {
+            message: "--block and --symmetric apply to --quant int4".into(),
+            help: "drop them, or use --quant int4".into(),
+        });
+    }
+    if let Some(b) = block {
+        if ![32, 64, 128].contains(&b) {
+            return Err(Error::Usage {
+                message: format!("--block {b} is not supported"),
+                help: "use --block 32, 64 or 128".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn check_options(model: &Path, out: &Path, opts: &OnnxConvertOptions) -> Result<()> {
     if !model.exists() {
         return Err(Error::model(
@@ -183,21 +207,7 @@ fn check_options(model: &Path, out: &Path, opts: &OnnxConvertOptions) -> Result<
             "pass an .onnx file or a Hugging Face model directory (config.json + *.safetensors)",
         ));
     }
-    let int4 = opts.quant == Some(OnnxQuant::Int4);
-    if !int4 && (opts.block.is_some() || opts.symmetric) {
-        return Err(Error::Usage {
-            message: "--block and --symmetric apply to --quant int4".into(),
-            help: "drop them, or use --quant int4".into(),
-        });
-    }
-    if let Some(b) = opts.block {
-        if ![32, 64, 128].contains(&b) {
-            return Err(Error::Usage {
-                message: format!("--block {b} is not supported"),
-                help: "use --block 32, 64 or 128".into(),
-            });
-        }
-    }
+    check_int4_options(opts.quant, opts.block, opts.symmetric)?;
     match (opts.quant, &opts.calibration) {
         (Some(OnnxQuant::Int8Static), None) => {
             return Err(Error::Usage {
