@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use serde_json::{json, Value};
 
@@ -139,17 +138,7 @@ pub(crate) fn run(
             .unwrap_or_else(|| "unpinned".into()),
     );
     let (validation, status) = if ctx.opts.skip_validation {
-        let started = Instant::now();
-        ctx.record(
-            "validate",
-            false,
-            started,
-            "skipped (--skip-validation)".into(),
-        );
-        (
-            Some(json!({ "status": "skipped", "reason": "--skip-validation" })),
-            "skipped (--skip-validation)".to_string(),
-        )
+        ctx.validation_skipped()
     } else {
         let summary = validate(
             ctx,

@@ -325,6 +325,17 @@ impl Ctx<'_> {
         self.steps.push(outcome);
     }
 
+    /// `--skip-validation`: record the skipped step; the manifest's validation value and the
+    /// bundle's validation status say so.
+    pub fn validation_skipped(&mut self) -> (Option<Value>, String) {
+        const WHY: &str = "skipped (--skip-validation)";
+        self.record("validate", false, Instant::now(), WHY.into());
+        (
+            Some(serde_json::json!({ "status": "skipped", "reason": "--skip-validation" })),
+            WHY.to_string(),
+        )
+    }
+
     pub fn threads(&self) -> usize {
         self.opts.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()

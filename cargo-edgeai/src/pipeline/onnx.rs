@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use serde_json::{json, Value};
 
@@ -775,18 +774,8 @@ pub(crate) fn run(
     }
 
     let (validation, status, report) = if ctx.opts.skip_validation {
-        let started = Instant::now();
-        ctx.record(
-            "validate",
-            false,
-            started,
-            "skipped (--skip-validation)".into(),
-        );
-        (
-            Some(json!({ "status": "skipped", "reason": "--skip-validation" })),
-            "skipped (--skip-validation)".to_string(),
-            None,
-        )
+        let (validation, status) = ctx.validation_skipped();
+        (validation, status, None)
     } else {
         let v = validate(
             ctx,
