@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{llama_bin, repo_root, stderr, stdout};
+use common::{
+    assert_success as ok, extract_bundle as extract, llama_bin, repo_root, stderr, stdout,
+    target_summary as target_of,
+};
 use serde_json::Value;
 
 /// The tests here each load both cores (cargo, llama.cpp); one at a time keeps their
@@ -48,32 +51,13 @@ fn hello_edge(parent: &Path, name: &str, quantization: &str) -> PathBuf {
 }
 
 fn cmd(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cargo-edgeai"));
-    c.arg("edgeai")
-        .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .env("LLAMA_CPP_BIN", llama_bin())
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("EDGEAI_SIGNING_KEY")
-        .env_remove("SOURCE_DATE_EPOCH")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    let mut c = common::edgeai(dir, args);
+    c.env("LLAMA_CPP_BIN", llama_bin());
     c
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {
     cmd(dir, args).output().expect("run cargo-edgeai")
-}
-
-fn ok(o: &Output, what: &str) {
-    assert!(
-        o.status.success(),
-        "{what} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
 }
 
 /// `cargo edgeai build ... --format json`, which must succeed; the summary and the wall time.
@@ -98,21 +82,6 @@ fn sha256_file(path: &Path) -> String {
         .collect()
 }
 
-/// Extract a bundle into `dest` (with executable bits).
-fn extract(bundle: &Path, dest: &Path) {
-    let archive = edgeai_bundle::zip::Archive::open(bundle).expect("open bundle");
-    for e in archive.entries() {
-        let bytes = archive.read_entry(e, 1 << 30).expect("read entry");
-        let path = dest.join(&e.name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, bytes).unwrap();
-        if e.is_executable() {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-    }
-}
-
 fn keygen(dir: &Path) -> (PathBuf, PathBuf) {
     let secret = dir.join("edgeai.key");
     let public = dir.join("edgeai.key.pub");
@@ -123,13 +92,6 @@ fn keygen(dir: &Path) -> (PathBuf, PathBuf) {
     ok(&o, "cargo edgeai keygen --unencrypted");
     assert!(secret.is_file() && public.is_file());
     (secret, public)
-}
-
-fn target_of<'a>(summary: &'a Value, name: &str) -> &'a Value {
-    summary["targets"]
-        .as_array()
-        .and_then(|t| t.iter().find(|t| t["target"] == name))
-        .unwrap_or_else(|| panic!("no target {name} in {summary}"))
 }
 
 /// host-x86_64: a signed bundle that `cargo edgeai verify` and Debian's minisign accept, with no

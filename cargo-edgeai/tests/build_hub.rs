@@ -13,10 +13,13 @@ mod common;
 mod hub_server;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{copy_dir, llama_bin, repo_root, stderr, stdout};
+use common::{
+    bundle_entry, bundle_entry_names as bundle_names, copy_dir, llama_bin, repo_root, stderr,
+    stdout,
+};
 use hub_server::{sha256_hex, HubServer, RepoFile};
 use serde_json::Value;
 
@@ -76,12 +79,8 @@ struct Env {
 }
 
 fn run(dir: &Path, env: &Env, args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cargo-edgeai"));
-    c.arg("edgeai")
-        .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .env("LLAMA_CPP_BIN", llama_bin())
+    let mut c = common::edgeai(dir, args);
+    c.env("LLAMA_CPP_BIN", llama_bin())
         .env("HF_ENDPOINT", &env.endpoint)
         .env("XDG_CACHE_HOME", &env.xdg_cache)
         // No real token or offline switch from the machine running the tests.
@@ -89,12 +88,7 @@ fn run(dir: &Path, env: &Env, args: &[&str]) -> Output {
         .env_remove("HF_TOKEN")
         .env_remove("HUGGING_FACE_HUB_TOKEN")
         .env_remove("HF_TOKEN_PATH")
-        .env_remove("HF_HUB_OFFLINE")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("EDGEAI_SIGNING_KEY")
-        .env_remove("SOURCE_DATE_EPOCH")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+        .env_remove("HF_HUB_OFFLINE");
     c.output().expect("run cargo-edgeai")
 }
 
@@ -147,21 +141,6 @@ fn step<'a>(summary: &'a Value, name: &str) -> &'a Value {
         .as_array()
         .and_then(|s| s.iter().find(|s| s["step"] == name))
         .unwrap_or_else(|| panic!("no step {name} in {summary}"))
-}
-
-fn bundle_entry(bundle: &Path, name: &str) -> Vec<u8> {
-    let archive = edgeai_bundle::zip::Archive::open(bundle).expect("open bundle");
-    let e = archive
-        .entries()
-        .iter()
-        .find(|e| e.name == name)
-        .unwrap_or_else(|| panic!("no {name} in {}", bundle.display()));
-    archive.read_entry(e, 1 << 30).expect("read entry")
-}
-
-fn bundle_names(bundle: &Path) -> Vec<String> {
-    let archive = edgeai_bundle::zip::Archive::open(bundle).expect("open bundle");
-    archive.entries().iter().map(|e| e.name.clone()).collect()
 }
 
 /// The bundle's GGUF (name, bytes).

@@ -10,10 +10,23 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{stderr, stdout};
+use common::{
+    assert_success as ok, bundle_entry as read_entry, bundle_entry_names as entry_names, stderr,
+    stdout,
+};
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    common::edgeai(dir, args)
+        .output()
+        .expect("run cargo-edgeai")
+}
+
+fn target_of(summary: &Value) -> &Value {
+    common::target_summary(summary, TARGET)
+}
 use serde_json::Value;
 
 const TARGET: &str = "apple-m2-16gb";
@@ -43,31 +56,6 @@ fn hello_edge(parent: &Path, name: &str, mlx_quantization: Option<&str>) -> Path
     })
 }
 
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cargo-edgeai"))
-        .arg("edgeai")
-        .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("EDGEAI_SIGNING_KEY")
-        .env_remove("SOURCE_DATE_EPOCH")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .output()
-        .expect("run cargo-edgeai")
-}
-
-fn ok(o: &Output, what: &str) {
-    assert!(
-        o.status.success(),
-        "{what} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
-}
-
 /// `cargo edgeai build --target apple-m2-16gb ... --format json`, which must succeed.
 fn build(dir: &Path, args: &[&str]) -> (Value, Duration) {
     let mut all = vec!["build", "--target", TARGET, "--format", "json"];
@@ -79,28 +67,6 @@ fn build(dir: &Path, args: &[&str]) -> (Value, Duration) {
     let v: Value = serde_json::from_str(&stdout(&o))
         .unwrap_or_else(|e| panic!("build JSON: {e}\n{}", stdout(&o)));
     (v, wall)
-}
-
-fn target_of(summary: &Value) -> &Value {
-    summary["targets"]
-        .as_array()
-        .and_then(|t| t.iter().find(|t| t["target"] == TARGET))
-        .unwrap_or_else(|| panic!("no target {TARGET} in {summary}"))
-}
-
-fn read_entry(bundle: &Path, name: &str) -> Vec<u8> {
-    let archive = edgeai_bundle::zip::Archive::open(bundle).expect("open bundle");
-    let e = archive
-        .entries()
-        .iter()
-        .find(|e| e.name == name)
-        .unwrap_or_else(|| panic!("{} has no {name}", bundle.display()));
-    archive.read_entry(e, 1 << 30).expect("read entry")
-}
-
-fn entry_names(bundle: &Path) -> Vec<String> {
-    let archive = edgeai_bundle::zip::Archive::open(bundle).expect("open bundle");
-    archive.entries().iter().map(|e| e.name.clone()).collect()
 }
 
 /// apple-m2-16gb: an MLX bundle validated by mlx-lm, signed, verifiable; a no-op rebuild

@@ -14,7 +14,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{minilm_dir, repo_root, stderr, stdout};
+use common::{
+    assert_success as ok, bundle_entry as read_entry, bundle_entry_names as entry_names,
+    extract_bundle as extract, minilm_dir, repo_root, stderr, stdout, target_summary as target_of,
+};
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    common::edgeai(dir, args)
+        .output()
+        .expect("run cargo-edgeai")
+}
 use serde_json::Value;
 
 /// The tests load both cores (onnxruntime, Olive, cargo); one at a time keeps timings meaningful.
@@ -42,32 +51,6 @@ fn hello_embed(parent: &Path, name: &str, edit: impl FnOnce(&mut toml_edit::Tabl
     common::example_app("hello-embed", parent, name, edit)
 }
 
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cargo-edgeai"))
-        .arg("edgeai")
-        .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("EDGEAI_SIGNING_KEY")
-        .env_remove("SOURCE_DATE_EPOCH")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("ORT_DYLIB_PATH")
-        .output()
-        .expect("run cargo-edgeai")
-}
-
-fn ok(o: &Output, what: &str) {
-    assert!(
-        o.status.success(),
-        "{what} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
-}
-
 /// `cargo edgeai build --release --target T ... --format json`, which must succeed.
 fn build(dir: &Path, target: &str, args: &[&str]) -> (Value, Duration) {
     let mut all = vec!["build", "--release", "--target", target, "--format", "json"];
@@ -79,13 +62,6 @@ fn build(dir: &Path, target: &str, args: &[&str]) -> (Value, Duration) {
     let v: Value = serde_json::from_str(&stdout(&o))
         .unwrap_or_else(|e| panic!("build JSON: {e}\n{}", stdout(&o)));
     (v, wall)
-}
-
-fn target_of<'a>(summary: &'a Value, name: &str) -> &'a Value {
-    summary["targets"]
-        .as_array()
-        .and_then(|t| t.iter().find(|t| t["target"] == name))
-        .unwrap_or_else(|| panic!("no target {name} in {summary}"))
 }
 
 fn step<'a>(t: &'a Value, name: &str) -> &'a Value {
@@ -109,36 +85,6 @@ fn step_times(t: &Value) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn entry_names(bundle: &Path) -> Vec<String> {
-    let archive = edgeai_bundle::zip::Archive::open(bundle).expect("open bundle");
-    archive.entries().iter().map(|e| e.name.clone()).collect()
-}
-
-fn read_entry(bundle: &Path, name: &str) -> Vec<u8> {
-    let archive = edgeai_bundle::zip::Archive::open(bundle).expect("open bundle");
-    let e = archive
-        .entries()
-        .iter()
-        .find(|e| e.name == name)
-        .unwrap_or_else(|| panic!("{} has no {name}", bundle.display()));
-    archive.read_entry(e, 1 << 30).expect("read entry")
-}
-
-/// Extract a bundle into `dest` (with executable bits).
-fn extract(bundle: &Path, dest: &Path) {
-    let archive = edgeai_bundle::zip::Archive::open(bundle).expect("open bundle");
-    for e in archive.entries() {
-        let bytes = archive.read_entry(e, 1 << 30).expect("read entry");
-        let path = dest.join(&e.name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, bytes).unwrap();
-        if e.is_executable() {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-    }
 }
 
 fn keygen(dir: &Path) -> (PathBuf, PathBuf) {

@@ -203,3 +203,73 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+// ---- `cargo edgeai build` tests (build, build_hub, build_mlx, build_onnx) ----------------------
+
+/// `cargo edgeai ARGS` in `dir`, isolated from the developer's environment: no colours, no
+/// inherited target dir, signing key, SOURCE_DATE_EPOCH, RUSTFLAGS or ONNX Runtime library.
+pub fn edgeai(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cargo-edgeai"));
+    c.arg("edgeai")
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("EDGEAI_SIGNING_KEY")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("ORT_DYLIB_PATH");
+    c
+}
+
+/// Fails the test with the command's output unless it succeeded.
+pub fn assert_success(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// One target's entry in `cargo edgeai build --format json`.
+pub fn target_summary<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    summary["targets"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["target"] == name))
+        .unwrap_or_else(|| panic!("no target {name} in {summary}"))
+}
+
+/// The names of a bundle's entries, in archive order.
+pub fn bundle_entry_names(bundle: &Path) -> Vec<String> {
+    let archive = edgeai_bundle::zip::Archive::open(bundle).expect("open bundle");
+    archive.entries().iter().map(|e| e.name.clone()).collect()
+}
+
+/// One entry's bytes.
+pub fn bundle_entry(bundle: &Path, name: &str) -> Vec<u8> {
+    let archive = edgeai_bundle::zip::Archive::open(bundle).expect("open bundle");
+    let e = archive
+        .entries()
+        .iter()
+        .find(|e| e.name == name)
+        .unwrap_or_else(|| panic!("{} has no {name}", bundle.display()));
+    archive.read_entry(e, 1 << 30).expect("read entry")
+}
+
+/// Extract a bundle into `dest`, keeping executable bits.
+pub fn extract_bundle(bundle: &Path, dest: &Path) {
+    let archive = edgeai_bundle::zip::Archive::open(bundle).expect("open bundle");
+    for e in archive.entries() {
+        let bytes = archive.read_entry(e, 1 << 30).expect("read entry");
+        let path = dest.join(&e.name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        if e.is_executable() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+}
