@@ -28,7 +28,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::backends::onnx::OnnxQuant;
+use crate::backends::onnx::{absolute, OnnxQuant};
 use crate::{Error, Result};
 
 const DRIVER: &str = include_str!("olive_driver.py");
@@ -119,15 +119,6 @@ impl OliveSummary {
     }
 }
 
-/// The work directory of a workflow whose output directory is `output_dir`: its parent (where
-/// the config, the calibration script and Olive's cache live).
-fn work_dir(output_dir: &Path) -> PathBuf {
-    match output_dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -140,7 +131,9 @@ fn path_str(p: &Path) -> String {
 /// validation is ours ([`crate::validate::ort`]). Model-dependent node exclusions
 /// (`nodes_to_exclude`) are added by the driver before Olive runs.
 pub fn write_workflow(input: &Path, output_dir: &Path, opts: &OliveOptions) -> Value {
-    let work = work_dir(output_dir);
+    // The workflow's work directory is its output directory's parent: the config, the
+    // calibration script and Olive's cache live there.
+    let work = crate::backends::onnx::output_dir(output_dir);
     let (pass, data_configs) = match opts.quant {
         // The onnxruntime path's recipe: per-channel symmetric INT8 weights on MatMul/Conv/Gemm
         // (Olive's default would also quantize Gather embeddings, per tensor).
@@ -295,21 +288,7 @@ fn check_options(input: &Path, out: &Path, opts: &OliveOptions) -> Result<()> {
         }
         _ => {}
     }
-    let parent = work_dir(out);
-    if !parent.is_dir() {
-        return Err(Error::io(
-            &parent,
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "output directory does not exist",
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn absolute(p: &Path) -> Result<PathBuf> {
-    std::path::absolute(p).map_err(|e| Error::io(p, e))
+    crate::backends::onnx::check_output_dir(out)
 }
 
 fn write(path: &Path, contents: &str) -> Result<()> {

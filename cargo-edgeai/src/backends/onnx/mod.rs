@@ -232,10 +232,20 @@ fn check_options(model: &Path, out: &Path, opts: &OnnxConvertOptions) -> Result<
         }
         _ => {}
     }
-    let parent = match out.parent() {
+    check_output_dir(out)
+}
+
+/// The directory `out` goes to (`.` for a bare file name); both ONNX paths write beside it.
+pub(crate) fn output_dir(out: &Path) -> PathBuf {
+    match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
-    };
+    }
+}
+
+/// OUT's directory must exist: the model is written beside it and renamed into place.
+pub(crate) fn check_output_dir(out: &Path) -> Result<()> {
+    let parent = output_dir(out);
     if !parent.is_dir() {
         return Err(Error::io(
             &parent,
@@ -248,7 +258,7 @@ fn check_options(model: &Path, out: &Path, opts: &OnnxConvertOptions) -> Result<
     Ok(())
 }
 
-fn absolute(p: &Path) -> Result<PathBuf> {
+pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).map_err(|e| Error::io(p, e))
 }
 
